@@ -1,0 +1,1 @@
+"""The HTTP edge: verifies Stripe and Telegram webhooks and hands them to payments."""

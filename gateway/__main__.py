@@ -1,0 +1,28 @@
+"""`python -m gateway`: serve the webhooks until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from gateway.app import init_app
+from paylayer.logs import configure_logging
+from paylayer.settings import ConfigError, Settings
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    try:
+        settings.require("STRIPE_WEBHOOK_SECRETS", "TELEGRAM_WEBHOOK_SECRET", "INTERNAL_TOKEN")
+    except ConfigError as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging("gateway", settings.log_level, settings.secrets())
+    host, port = settings.listen_address("gateway").rsplit(":", 1)
+    # aiohttp stops on SIGTERM and SIGINT, letting in-flight requests finish first.
+    web.run_app(init_app(settings), host=host, port=int(port), print=None, shutdown_timeout=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""POST /api/v1/telegram/webhook: check the secret token, hand the update to payments.
+
+A pre-checkout query is answered in the response body (Telegram's webhook reply), so the
+answer costs no extra round trip and always comes well inside Telegram's 10 s.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+import grpc
+from aiohttp import web
+
+from gateway.keys import PAYMENTS, SETTINGS
+from gateway.metrics import WEBHOOK_REJECTIONS
+from paylayer.logs import request_id_var
+from protos.payments.v1 import payments_pb2
+
+log = logging.getLogger(__name__)
+
+PAYMENTS_DEADLINE_SECONDS = 1.8
+TRY_AGAIN = "Payments are busy right now. Please try again in a minute."
+
+
+def _pre_checkout_reply(query_id: str, ok: bool, error_message: str = "") -> web.Response:
+    answer: dict[str, object] = {
+        "method": "answerPreCheckoutQuery",
+        "pre_checkout_query_id": query_id,
+        "ok": ok,
+    }
+    if not ok:
+        answer["error_message"] = error_message
+    return web.json_response(answer)
+
+
+async def telegram_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    token = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+    if not hmac.compare_digest(token.encode(), settings.telegram_webhook_secret.encode()):
+        WEBHOOK_REJECTIONS.labels("telegram", "bad_secret").inc()
+        return web.json_response({"error": "wrong secret token"}, status=401)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        WEBHOOK_REJECTIONS.labels("telegram", "too_large").inc()
+        return web.json_response({"error": "body over 1 MiB"}, status=413)
+    try:
+        update = json.loads(body)
+    except ValueError:
+        update = None
+    if not (
+        isinstance(update, dict)
+        and isinstance(update.get("update_id"), int)
+        and not isinstance(update.get("update_id"), bool)
+    ):
+        WEBHOOK_REJECTIONS.labels("telegram", "not_update").inc()
+        return web.json_response({"error": "body is not a Telegram update"}, status=400)
+
+    request_id_var.set(f"tg-{update['update_id']}")
+    query = update.get("pre_checkout_query")
+    try:
+        reply = await request.app[PAYMENTS].HandleTelegramUpdate(
+            payments_pb2.HandleTelegramUpdateRequest(payload=body),
+            timeout=PAYMENTS_DEADLINE_SECONDS,
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            WEBHOOK_REJECTIONS.labels("telegram", "invalid_update").inc()
+            return web.json_response({"error": error.details()}, status=400)
+        log.warning("payments could not take update %s: %s", update["update_id"], error.code().name)
+        if isinstance(query, dict) and isinstance(query.get("id"), str):
+            # Never leave the buyer waiting: a clear "no" now beats Telegram's timeout.
+            return _pre_checkout_reply(query["id"], False, TRY_AGAIN)
+        return web.json_response({"error": "not recorded, retry later"}, status=503)
+    if reply.HasField("pre_checkout"):
+        answer = reply.pre_checkout
+        return _pre_checkout_reply(answer.pre_checkout_query_id, answer.ok, answer.error_message)
+    return web.json_response({"ok": True})

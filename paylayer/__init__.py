@@ -1,0 +1,1 @@
+"""What every Paylayer service needs, once: settings, logs, the database, the gRPC kit, the CLI."""

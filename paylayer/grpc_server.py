@@ -1,0 +1,248 @@
+"""The gRPC server kit: auth, request ids, error mapping, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paylayer.db import database_answers
+from paylayer.errors import DomainError
+from paylayer.logs import REQUEST_ID_HEADER, request_id_var
+
+log = logging.getLogger(__name__)
+
+# Probes and tooling must work without the token: a load balancer has none.
+_OPEN_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+async def _refuse_unauthenticated(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+
+_UNAUTHENTICATED_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler(_refuse_unauthenticated),
+    (False, True): grpc.unary_stream_rpc_method_handler(_refuse_unauthenticated),
+}
+
+
+async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(error, DomainError):
+        await context.abort(error.code, error.message)
+    log.exception("unhandled error in %s", type(error).__name__, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], request_id: str) -> Callable[..., Any]:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        request_id_var.set(request_id)
+        try:
+            return await behavior(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            await _abort_for(error, context)
+
+    return unary
+
+
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], request_id: str
+) -> Callable[..., Any]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        request_id_var.set(request_id)
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            await _abort_for(error, context)
+
+    return stream
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Token check, request id and domain-error mapping in one pass (one layer is cheaper)."""
+
+    def __init__(self, internal_token: str) -> None:
+        self._expected = f"Bearer {internal_token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        if method.startswith(_OPEN_METHOD_PREFIXES):
+            return await continuation(handler_call_details)
+        authorization = ""
+        request_id = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                authorization = value
+            elif key == REQUEST_ID_HEADER and isinstance(value, str):
+                request_id = value
+        handler = await continuation(handler_call_details)
+        if not hmac.compare_digest(authorization.encode(), self._expected):
+            streaming = bool(handler and handler.response_streaming)
+            return _UNAUTHENTICATED_HANDLERS[(False, streaming)]
+        if handler is None:
+            return handler
+        request_id = request_id or uuid.uuid4().hex
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class GrpcService:
+    """One gRPC process: its servicer plus everything every service shares.
+
+    Health turns SERVING only while the database answers. On stop: NOT_SERVING first (so load
+    balancers drain), then `stop(grace)` lets in-flight calls finish, then the engine goes.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        full_service_name: str,
+        internal_token: str,
+        engine: AsyncEngine,
+        add_servicer: Callable[[grpc.aio.Server], None],
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        shutdown_grace_seconds: float = 10.0,
+        health_interval_seconds: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.full_service_name = full_service_name
+        self.engine = engine
+        self.health = health_aio.HealthServicer()
+        self._background = background
+        self._on_stop = on_stop
+        self._grace = shutdown_grace_seconds
+        self._health_interval = health_interval_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self.server = grpc.aio.server(
+            interceptors=[ServiceInterceptor(internal_token)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+        )
+        add_servicer(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (full_service_name, "grpc.health.v1.Health", reflection.SERVICE_NAME), self.server
+        )
+
+    async def start(self, listen_addr: str) -> int:
+        port = self.server.add_insecure_port(listen_addr)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {listen_addr}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self._tasks.append(asyncio.create_task(self._watch_database(), name="health"))
+        for job in self._background:
+            self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+        log.info("%s listening on %s", self.name, listen_addr.rsplit(":", 1)[0] + f":{port}")
+        return port
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self._grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for callback in self._on_stop:
+            await callback()
+        await self.engine.dispose()
+        log.info("%s stopped", self.name)
+
+    async def run_until_signalled(self, listen_addr: str) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start(listen_addr)
+        await stop.wait()
+        log.info("%s stopping: health NOT_SERVING, finishing in-flight calls", self.name)
+        await self.stop()
+
+    async def _set_health(self, status: Any) -> None:
+        for service in ("", self.full_service_name):
+            await self.health.set(service, status)
+
+    async def _watch_database(self) -> None:
+        last = None
+        while True:
+            healthy = await database_answers(self.engine)
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if healthy
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            if status != last:
+                log.info(
+                    "%s health: %s",
+                    self.name,
+                    health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                )
+                last = status
+            await self._set_health(status)
+            await asyncio.sleep(self._health_interval)
+
+
+def run_main(
+    service: str,
+    build: Callable[[Any], GrpcService],
+    required: Sequence[str] = ("DATABASE_URL", "INTERNAL_TOKEN"),
+) -> None:
+    """`python -m <service>`: read settings, refuse to start without secrets, serve to SIGTERM."""
+    import sys
+
+    from paylayer.logs import configure_logging
+    from paylayer.settings import ConfigError, Settings
+
+    settings = Settings.from_env()
+    try:
+        settings.require(*required)
+    except ConfigError as error:
+        print(f"{service}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(service, settings.log_level, settings.secrets())
+
+    async def serve() -> None:
+        await build(settings).run_until_signalled(settings.listen_address(service))
+
+    asyncio.run(serve())

@@ -1,0 +1,1 @@
+"""The inbox of provider events, processed exactly once into payments and grants."""
