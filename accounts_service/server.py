@@ -1,7 +1,11 @@
 """Composition root of the accounts service: engine, servicer, and the shared gRPC kit."""
 
 from accounts_service.servicer import AccountsServicer
+from accounts_service.store import AccountsStore
+from accounts_service.tiers import TierCaps
+from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
+from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
@@ -9,7 +13,10 @@ from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 def build(settings: Settings) -> GrpcService:
     engine = create_engine(settings.database_url, application_name="accounts")
-    servicer = AccountsServicer()
+    entitlements = open_channel(settings.entitlements_addr, settings.internal_token)
+    servicer = AccountsServicer(
+        AccountsStore(engine), TierCaps(entitlements, load_catalogue(settings.catalogue_path))
+    )
     return GrpcService(
         name="accounts",
         full_service_name=accounts_pb2.DESCRIPTOR.services_by_name["AccountsService"].full_name,
@@ -18,5 +25,6 @@ def build(settings: Settings) -> GrpcService:
         add_servicer=lambda server: accounts_pb2_grpc.add_AccountsServiceServicer_to_server(
             servicer, server
         ),
+        on_stop=[entitlements.close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )
