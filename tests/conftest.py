@@ -21,6 +21,7 @@ from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded, with_database
 from paylayer.migrations import upgrade_all
 from paylayer.settings import REPO_ROOT, Settings
+from tests.stack import Stack, make_stack
 
 INTERNAL_TOKEN = "test-internal-" + secrets.token_hex(8)
 
@@ -79,3 +80,17 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url, application_name="tests", pool_size=4)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """All four services as separate processes on free ports, up and healthy."""
+    running = make_stack(settings, tmp_path_factory.mktemp("stack-logs"))
+    for name in ("accounts", "entitlements", "payments", "gateway"):
+        running.start(name)
+    try:
+        running.wait_until_up()
+        yield running
+    finally:
+        for name in reversed(list(running.processes)):
+            running.stop(name)

@@ -1,0 +1,211 @@
+"""The entitlement rules as pure functions: stacking grants into windows, tiers, the answer.
+
+Nothing here knows of gRPC, SQL or the clock: `now` is always passed in.
+
+Stacking, per entitlement, over its unrevoked grants in purchase order (ties broken by source,
+so the order grants arrive in never matters):
+
+- a duration grant starts at the later of its purchase and the end of the chain so far, and
+  pushes the chain end by its duration;
+- an until grant (a subscription period paid up to a fixed date) covers from the later of its
+  purchase and the chain end up to its `until`, and moves the chain end to `until` if later: a
+  renewal paid early extends to the new date, it never doubles;
+- a lifetime grant covers from its purchase on, forever, and stays out of the chain, so that
+  revoking it leaves every other grant its time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a grant comes from (a payment, a manual decision): unique across all grants."""
+
+    provider: str
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One stored grant. Exactly one of `duration`, `until`, `lifetime` gives its term."""
+
+    grant_id: str
+    user_id: str
+    entitlement: str
+    source: Source
+    event_id: str
+    purchased_at: datetime
+    duration: timedelta | None = None
+    until: datetime | None = None
+    lifetime: bool = False
+    revoked: bool = False
+    reason: str = ""
+    granted_by: str = ""
+
+    @property
+    def purchase_order(self) -> tuple[datetime, str, str]:
+        return (self.purchased_at, self.source.provider, self.source.reference)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The time a grant covers once stacked: [starts_at, ends_at), ends_at None for ever."""
+
+    grant: Grant
+    starts_at: datetime
+    ends_at: datetime | None
+
+    @property
+    def empty(self) -> bool:
+        return self.ends_at is not None and self.ends_at <= self.starts_at
+
+    def covers_after(self, moment: datetime) -> bool:
+        return self.ends_at is None or self.ends_at > moment
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A check's answer at one moment, and until when it holds without any new grant or revoke."""
+
+    active: bool
+    expires_at: datetime | None  # None when inactive or lifetime
+    lifetime: bool
+    explain: tuple[Window, ...]  # the windows that make the answer
+    recheck_at: datetime | None  # the answer can change by itself then; None: never
+
+
+INACTIVE_FOR_EVER = Answer(
+    active=False, expires_at=None, lifetime=False, explain=(), recheck_at=None
+)
+
+
+def stack(grants: Iterable[Grant]) -> list[Window]:
+    """The windows of the unrevoked grants of one entitlement, in purchase order."""
+    windows: list[Window] = []
+    chain_end: datetime | None = None
+    for grant in sorted((g for g in grants if not g.revoked), key=lambda g: g.purchase_order):
+        if grant.lifetime:
+            windows.append(Window(grant, grant.purchased_at, None))
+            continue
+        starts_at = grant.purchased_at if chain_end is None else max(grant.purchased_at, chain_end)
+        if grant.duration is not None:
+            ends_at = starts_at + grant.duration
+        elif grant.until is not None:
+            # Paid time already covers up to `until`: this grant adds nothing, but stays listed.
+            ends_at = max(grant.until, starts_at)
+        else:
+            raise ValueError(f"grant {grant.grant_id} has no term")
+        windows.append(Window(grant, starts_at, ends_at))
+        chain_end = ends_at if chain_end is None else max(chain_end, ends_at)
+    return windows
+
+
+def stack_by_entitlement(grants: Iterable[Grant]) -> dict[str, list[Window]]:
+    by_entitlement: dict[str, list[Grant]] = {}
+    for grant in grants:
+        by_entitlement.setdefault(grant.entitlement, []).append(grant)
+    return {name: stack(of_one) for name, of_one in by_entitlement.items()}
+
+
+def answer(windows: Sequence[Window], now: datetime) -> Answer:
+    """Is `now` covered by these windows (of every tier that grants the entitlement), and until?
+
+    `expires_at` is the end of the continuous span of cover that holds `now`, however many
+    windows (of however many tiers) it takes.
+    """
+    windows = [w for w in windows if not w.empty]
+    spans = _merged_spans(windows)
+    for span_start, span_end in spans:
+        if span_start > now:
+            return replace(INACTIVE_FOR_EVER, recheck_at=span_start)
+        if span_end is None or span_end > now:
+            explain = tuple(
+                w
+                for w in windows
+                if w.covers_after(now)
+                and w.starts_at >= span_start
+                and (span_end is None or w.starts_at < span_end)
+            )
+            return Answer(
+                active=True,
+                expires_at=span_end,
+                lifetime=span_end is None,
+                explain=explain,
+                recheck_at=span_end,
+            )
+    return INACTIVE_FOR_EVER
+
+
+def _merged_spans(
+    windows: Iterable[Window],
+) -> list[tuple[datetime, datetime | None]]:
+    """Continuous spans of cover: windows that overlap or touch merge into one."""
+    spans: list[tuple[datetime, datetime | None]] = []
+    for window in sorted(windows, key=lambda w: w.starts_at):
+        if spans:
+            last_start, last_end = spans[-1]
+            if last_end is None:
+                break
+            if window.starts_at <= last_end:
+                new_end = (
+                    None if window.ends_at is None else max(last_end, window.ends_at)
+                )
+                spans[-1] = (last_start, new_end)
+                continue
+        spans.append((window.starts_at, window.ends_at))
+    return spans
+
+
+def windows_for_check(
+    windows_by_entitlement: Mapping[str, Sequence[Window]], granting_tiers: Iterable[str]
+) -> list[Window]:
+    """Every window of every tier that answers a check (vip windows answer a premium check)."""
+    found: list[Window] = []
+    for tier in granting_tiers:
+        found.extend(windows_by_entitlement.get(tier, ()))
+    return found
+
+
+# The life of one source, whatever order its grant and revoke arrive in. The store does the
+# same in one statement each (INSERT ... ON CONFLICT); this is the model its tests check.
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    grant: Grant | None  # None: a tombstone, revoked before any grant was seen
+    revoked: bool
+
+
+def record_grant(
+    ledger: Mapping[Source, SourceState], grant: Grant
+) -> tuple[dict[Source, SourceState], bool]:
+    """Grant once per source. Returns the new ledger and whether the grant was created.
+
+    The first grant of a source wins; a grant of a tombstoned source is kept, revoked.
+    """
+    state = ledger.get(grant.source)
+    if state is None:
+        return {**ledger, grant.source: SourceState(grant, revoked=False)}, True
+    if state.grant is None:
+        kept = replace(grant, revoked=True)
+        return {**ledger, grant.source: SourceState(kept, revoked=True)}, False
+    return dict(ledger), False
+
+
+def record_revoke(
+    ledger: Mapping[Source, SourceState], source: Source
+) -> dict[Source, SourceState]:
+    state = ledger.get(source)
+    if state is None:
+        return {**ledger, source: SourceState(None, revoked=True)}
+    if state.revoked or state.grant is None:
+        return dict(ledger)
+    return {**ledger, source: SourceState(replace(state.grant, revoked=True), revoked=True)}
+
+
+def grants_of(ledger: Mapping[Source, SourceState]) -> list[Grant]:
+    return [state.grant for state in ledger.values() if state.grant is not None]

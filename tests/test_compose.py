@@ -1,0 +1,121 @@
+"""docker-compose.yml checked as far as a machine without a Docker engine can: it parses, every
+command it runs exists and is the one the native tests run, and ports and settings agree."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from paylayer.cli import build_parser
+from paylayer.settings import DEFAULT_ADDRS, REPO_ROOT
+from tests.stack import SERVICE_MODULES
+
+APP_SERVICES = ("accounts", "entitlements", "payments", "gateway")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def _port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def _settings_read_from_env() -> set[str]:
+    source = (REPO_ROOT / "paylayer" / "settings.py").read_text()
+    return set(re.findall(r'env\.get\(\s*"([A-Z_]+)"', source)) | {"GATEWAY_ADDR"}
+
+
+def test_every_service_is_defined_with_its_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "migrate", *APP_SERVICES}
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in APP_SERVICES:
+        conditions = services[name]["depends_on"]
+        assert all(
+            c["condition"] in ("service_healthy", "service_completed_successfully")
+            for c in conditions.values()
+        )
+    assert services["gateway"]["depends_on"]["payments"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_service_runs_the_same_module_the_native_stack_runs(
+    compose: dict[str, Any], name: str
+) -> None:
+    command = compose["services"][name]["command"]
+    assert command == ["python", "-m", SERVICE_MODULES[name]]
+    assert importlib.util.find_spec(SERVICE_MODULES[name]) is not None
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_healthchecks_are_real_cli_commands_on_grpc_health(
+    compose: dict[str, Any], name: str
+) -> None:
+    test = compose["services"][name]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "paylayer"]
+    args = build_parser().parse_args(test[2:])
+    assert args.command == "health" and args.services == [name]
+
+
+def test_the_migration_job_runs_real_cli_commands_one_role_per_schema(
+    compose: dict[str, Any],
+) -> None:
+    script = compose["services"]["migrate"]["command"][-1]
+    steps = [shlex.split(step) for step in script.split("&&")]
+    migrated = []
+    for step in steps:
+        assert step[0].startswith("DATABASE_URL=")
+        args = build_parser().parse_args(step[2:])
+        assert step[1] == "paylayer" and args.command == "migrate"
+        migrated += args.services
+    assert sorted(migrated) == ["accounts", "entitlements", "payments"]
+    env = compose["services"]["migrate"]["environment"]
+    for service in migrated:
+        assert env[f"{service.upper()}_DATABASE_URL"].startswith(f"postgresql://{service}:")
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_ports_and_addresses_agree_with_the_code(compose: dict[str, Any], name: str) -> None:
+    service = compose["services"][name]
+    env = {**compose["x-env"], **service["environment"]}
+    port = _port(DEFAULT_ADDRS[name])
+    assert _port(env["LISTEN_ADDR"]) == port
+    assert service["ports"] == [f"{port}:{port}"]
+    for other in ("payments", "entitlements", "accounts"):
+        assert env[f"{other.upper()}_ADDR"] == f"{other}:{_port(DEFAULT_ADDRS[other])}"
+    unknown = set(env) - _settings_read_from_env()
+    assert not unknown, f"compose sets variables the code never reads: {unknown}"
+    if name != "gateway":
+        assert env["DATABASE_URL"].startswith(f"postgresql://{name}:")
+
+
+def test_stop_grace_outlasts_the_services_own_grace(compose: dict[str, Any]) -> None:
+    grace = float(compose["x-env"]["SHUTDOWN_GRACE_SECONDS"])
+    assert float(compose["x-app"]["stop_grace_period"].rstrip("s")) > grace
+
+
+def test_the_dockerfile_copies_only_what_exists_and_generates_the_protos() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO_ROOT / source).exists(), source
+    assert "grpc_tools.protoc" in dockerfile
+
+
+def test_postgres_mounts_the_init_script_that_creates_the_roles(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["postgres"]["volumes"]
+    for volume in volumes:
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            assert (REPO_ROOT / Path(source)).exists(), source
+    assert any("roles.sql" in v for v in volumes)

@@ -1,0 +1,137 @@
+"""The four processes, started as `paylayer dev` starts them: health, reflection, auth, probes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos.accounts.v1 import accounts_pb2
+from protos.entitlements.v1 import entitlements_pb2
+from protos.payments.v1 import payments_pb2
+from tests.stack import Stack, free_port
+
+FIXED_NAMES = {
+    "payments": "paylayer.payments.v1.PaymentsService",
+    "entitlements": "paylayer.entitlements.v1.EntitlementsService",
+    "accounts": "paylayer.accounts.v1.AccountsService",
+}
+
+# One cheap call per service, to see the auth interceptor answer before any handler runs.
+PROBES = {
+    "payments": (
+        "/paylayer.payments.v1.PaymentsService/ListEvents",
+        payments_pb2.ListEventsRequest(),
+    ),
+    "entitlements": (
+        "/paylayer.entitlements.v1.EntitlementsService/CheckEntitlement",
+        entitlements_pb2.CheckEntitlementRequest(user_id="u", entitlement="premium"),
+    ),
+    "accounts": (
+        "/paylayer.accounts.v1.AccountsService/GetAccount",
+        accounts_pb2.GetAccountRequest(login=1, server="s"),
+    ),
+}
+
+
+@pytest.mark.parametrize("service", sorted(FIXED_NAMES))
+async def test_health_is_serving_for_the_process_and_its_service(
+    stack: Stack, service: str
+) -> None:
+    async with grpc.aio.insecure_channel(stack.addrs[service]) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", FIXED_NAMES[service]):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("service", sorted(FIXED_NAMES))
+async def test_reflection_lists_the_fixed_service_name(stack: Stack, service: str) -> None:
+    async with grpc.aio.insecure_channel(stack.addrs[service]) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = [r async for r in stub.ServerReflectionInfo(iter([request]), timeout=2)]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert FIXED_NAMES[service] in names
+    assert "grpc.health.v1.Health" in names
+
+
+@pytest.mark.parametrize("service", sorted(FIXED_NAMES))
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", "Basic abc"])
+async def test_calls_without_the_internal_token_are_unauthenticated(
+    stack: Stack, service: str, authorization: str | None
+) -> None:
+    async with grpc.aio.insecure_channel(stack.addrs[service]) as channel:
+        method, request = PROBES[service]
+        metadata = (("authorization", authorization),) if authorization else ()
+        rpc = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await rpc(request, metadata=metadata, timeout=2)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_gateway_probes_and_metrics(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{stack.gateway_url}/healthz") as response:
+            assert response.status == 200
+        async with http.get(f"{stack.gateway_url}/readyz") as response:
+            assert response.status == 200
+        async with http.get(f"{stack.gateway_url}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+    assert 'paylayer_gateway_http_requests_total{code="200",route="/readyz"}' in text
+
+
+@pytest.mark.parametrize(
+    "module", ["payments_service", "entitlements_service", "accounts_service", "gateway"]
+)
+def test_a_service_without_its_secrets_refuses_to_start(module: str) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("INTERNAL_TOKEN", "STRIPE_WEBHOOK_SECRETS")
+    }
+    env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+    result = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "missing required settings" in result.stderr
+
+
+async def test_sigterm_turns_health_not_serving_then_exits_cleanly(stack: Stack) -> None:
+    """A second payments process: on SIGTERM it must drain, not vanish mid-call."""
+    addr = f"127.0.0.1:{free_port()}"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "payments_service",
+        env={**stack.env, "LISTEN_ADDR": addr, "SHUTDOWN_GRACE_SECONDS": "3"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    seen = []
+    try:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=30, wait_for_ready=True
+            )
+            async for reply in watch:
+                seen.append(reply.status)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    process.send_signal(signal.SIGTERM)
+                elif health_pb2.HealthCheckResponse.SERVING in seen:
+                    break
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert process.stderr is not None
+    assert b"payments stopped" in await process.stderr.read()
