@@ -11,6 +11,7 @@ import pytest
 
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.accounts.conftest import new_user, telegram_id
+from tests.grpc_helpers import channel_to
 
 Stub = accounts_pb2_grpc.AccountsServiceStub
 
@@ -202,8 +203,6 @@ async def test_linking_an_identity_needs_a_known_user_and_an_identity(accounts: 
 
 
 async def test_calls_without_the_internal_token_are_refused(accounts_addr: str) -> None:
-    from tests.grpc_helpers import channel_to
-
     async with channel_to(accounts_addr, "wrong-token") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await accounts_pb2_grpc.AccountsServiceStub(channel).ResolveUser(
