@@ -5,14 +5,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from accounts_service.server import build as build_accounts
 from entitlements_service.server import build as build_entitlements
 from paylayer.settings import Settings
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
-from protos.entitlements.v1 import entitlements_pb2_grpc
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.grpc_helpers import channel_to, serving
 
 
@@ -46,6 +48,29 @@ async def entitlements(
         yield entitlements_pb2_grpc.EntitlementsServiceStub(channel)
 
 
+# Snapshots in tests are dated from here on, safely in the past.
+START = datetime.now(UTC) - timedelta(hours=1)
+
+
+def report(
+    login: int, server: str, at: datetime, equity: float, balance: float = 1000.0
+) -> accounts_pb2.ReportAccountSnapshotRequest:
+    time = Timestamp()
+    time.FromDatetime(at)
+    return accounts_pb2.ReportAccountSnapshotRequest(
+        login=login,
+        server=server,
+        balance=balance,
+        equity=equity,
+        margin=100.0,
+        free_margin=equity - 100.0,
+        margin_level=equity / 100.0 * 100,
+        currency="usd",
+        leverage=500,
+        time=time,
+    )
+
+
 def telegram_id() -> int:
     """A Telegram user id no other test uses (the database lives for the whole session)."""
     return secrets.randbelow(10**12) + 1
@@ -60,3 +85,44 @@ async def new_user(accounts: accounts_pb2_grpc.AccountsServiceStub) -> str:
         accounts_pb2.ResolveUserRequest(telegram_user_id=telegram_id(), create=True)
     )
     return response.user.user_id
+
+
+def account_request(
+    user_id: str, login: int | None = None, server: str = "Broker-Demo"
+) -> accounts_pb2.LinkAccountRequest:
+    return accounts_pb2.LinkAccountRequest(
+        user_id=user_id,
+        login=login if login is not None else mt5_login(),
+        server=server,
+        account_type=accounts_pb2.ACCOUNT_TYPE_DEMO,
+        broker="Broker Ltd",
+        label="main",
+    )
+
+
+async def grant(
+    entitlements: entitlements_pb2_grpc.EntitlementsServiceStub, user_id: str, tier: str
+) -> entitlements_pb2.Source:
+    """Give the user a tier for a day, as a manual grant would; return its source to revoke."""
+    source = entitlements_pb2.Source(provider="manual", reference=f"test-{secrets.token_hex(8)}")
+    await entitlements.GrantEntitlement(
+        entitlements_pb2.GrantEntitlementRequest(
+            user_id=user_id,
+            entitlement=tier,
+            source=source,
+            duration_seconds=24 * 3600,
+            reason="accounts tests",
+            granted_by="tests",
+        )
+    )
+    return source
+
+
+async def revoke(
+    entitlements: entitlements_pb2_grpc.EntitlementsServiceStub, source: entitlements_pb2.Source
+) -> None:
+    await entitlements.RevokeEntitlement(
+        entitlements_pb2.RevokeEntitlementRequest(
+            source=source, reason="accounts tests", revoked_by="tests"
+        )
+    )
