@@ -151,9 +151,7 @@ def _merged_spans(
             if last_end is None:
                 break
             if window.starts_at <= last_end:
-                new_end = (
-                    None if window.ends_at is None else max(last_end, window.ends_at)
-                )
+                new_end = None if window.ends_at is None else max(last_end, window.ends_at)
                 spans[-1] = (last_start, new_end)
                 continue
         spans.append((window.starts_at, window.ends_at))

@@ -1,16 +1,52 @@
-"""Composition root of the entitlements service: engine, servicer, and the shared gRPC kit."""
+"""Composition root of the entitlements service: store, cache, listener, feed, gRPC kit."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from entitlements_service.cache import CheckCache
+from entitlements_service.feed import ChangeFeed
+from entitlements_service.listener import ChangeListener
+from entitlements_service.rules import Grant
 from entitlements_service.servicer import EntitlementsServicer
+from entitlements_service.store import EntitlementStore
+from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 
+class EntitlementsService(GrpcService):
+    """The kit's service, which also ends watch streams first on stop.
+
+    Otherwise a watcher, which never ends by itself, would hold `stop(grace)` for the whole grace.
+    """
+
+    def __init__(self, *, feed: ChangeFeed, **kit: Any) -> None:
+        super().__init__(**kit)
+        self.feed = feed
+
+    async def stop(self) -> None:
+        self.feed.interrupt("entitlements is shutting down; resubscribe")
+        await super().stop()
+
+
 def build(settings: Settings) -> GrpcService:
     engine = create_engine(settings.database_url, application_name="entitlements")
-    servicer = EntitlementsServicer()
-    return GrpcService(
+    catalogue = load_catalogue(settings.catalogue_path)
+    granting_tiers = {tier: catalogue.granting_tiers(tier) for tier in catalogue.tier_closure}
+    store = EntitlementStore(engine)
+
+    async def load_grants(user_id: str) -> list[Grant]:
+        return await store.grants_of_user(user_id, include_revoked=False)
+
+    cache = CheckCache(load_grants, granting_tiers)
+    feed = ChangeFeed()
+    listener = ChangeListener(settings.database_url, cache, feed)
+    servicer = EntitlementsServicer(store, cache, feed, granting_tiers)
+    return EntitlementsService(
+        feed=feed,
         name="entitlements",
         full_service_name=entitlements_pb2.DESCRIPTOR.services_by_name[
             "EntitlementsService"
@@ -20,5 +56,6 @@ def build(settings: Settings) -> GrpcService:
         add_servicer=lambda server: entitlements_pb2_grpc.add_EntitlementsServiceServicer_to_server(
             servicer, server
         ),
+        background=[listener.run],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

@@ -1,0 +1,246 @@
+"""SQL of the entitlements schema: grants one per source, tombstones, audit, change notices.
+
+Each change is one transaction: the grant row, its audit row and a NOTIFY to every replica, so
+a replica hears of a change exactly when it becomes visible, never before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from entitlements_service import wire
+from entitlements_service.rules import Grant, Source
+from entitlements_service.tables import CHANGES_CHANNEL, audit, grants
+from protos.entitlements.v1 import entitlements_pb2
+
+# Everything a revoke can fill into an existing row (or a new tombstone).
+_REVOKE_COLUMNS = ("revoked_at", "revoke_event_id", "revoke_reason", "revoked_by")
+# Everything a grant fills into a tombstone (keeping it revoked).
+_GRANT_COLUMNS = (
+    "user_id",
+    "entitlement",
+    "event_id",
+    "purchased_at",
+    "duration_seconds",
+    "until",
+    "lifetime",
+    "reason",
+    "granted_by",
+)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    source: Source
+    event_id: str
+    reason: str
+    revoked_by: str
+
+
+@dataclass(frozen=True)
+class RevokeOutcome:
+    grant: Grant | None  # None: nothing was granted yet, a tombstone stands instead
+    tombstone: bool
+    changed: bool
+
+
+class EntitlementStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def grant(self, new: Grant) -> tuple[Grant, bool]:
+        """Record `new` unless its source is known. Returns the grant that stands, and created.
+
+        Same source again: the first grant stands. A tombstoned source: `new` is kept, revoked.
+        """
+        values = _grant_values(new)
+        statement = (
+            insert(grants)
+            .values(grant_id=uuid.UUID(new.grant_id), **values)
+            .on_conflict_do_update(
+                constraint="uq_grants_source",
+                set_={column: values[column] for column in _GRANT_COLUMNS},
+                where=grants.c.user_id.is_(None),
+            )
+            .returning(*grants.c)
+        )
+        async with self._engine.begin() as connection:
+            row = (await connection.execute(statement)).first()
+            if row is None:
+                # The source was already granted: ON CONFLICT touched nothing.
+                standing = await self._grant_by_source(connection, new.source)
+                return standing, False
+            stored = _grant_of(row)
+            created = str(row.grant_id) == new.grant_id
+            await _write_audit(
+                connection,
+                action="grant" if created else "grant_after_revoke",
+                grant=stored,
+                event_id=new.event_id,
+                reason=new.reason,
+                actor=new.granted_by,
+            )
+            if created:
+                await _notify(connection, "grant", stored)
+            return stored, created
+
+    async def revoke(self, revocation: Revocation) -> RevokeOutcome:
+        tombstone_id = uuid.uuid4()
+        revoke_values: dict[str, Any] = {
+            "revoked_at": datetime.now(UTC),
+            "revoke_event_id": revocation.event_id,
+            "revoke_reason": revocation.reason,
+            "revoked_by": revocation.revoked_by,
+        }
+        statement = (
+            insert(grants)
+            .values(
+                grant_id=tombstone_id,
+                provider=revocation.source.provider,
+                reference=revocation.source.reference,
+                **revoke_values,
+            )
+            .on_conflict_do_update(
+                constraint="uq_grants_source",
+                set_={column: revoke_values[column] for column in _REVOKE_COLUMNS},
+                where=grants.c.revoked_at.is_(None),
+            )
+            .returning(*grants.c)
+        )
+        async with self._engine.begin() as connection:
+            row = (await connection.execute(statement)).first()
+            if row is None:
+                # Already revoked (or tombstoned): nothing changes.
+                existing = (
+                    await connection.execute(select(grants).where(*_source_is(revocation.source)))
+                ).one()
+                standing = _grant_of(existing) if existing.user_id is not None else None
+                return RevokeOutcome(standing, tombstone=standing is None, changed=False)
+            if row.grant_id == tombstone_id:
+                await connection.execute(
+                    audit.insert().values(
+                        action="tombstone",
+                        provider=revocation.source.provider,
+                        reference=revocation.source.reference,
+                        grant_id=tombstone_id,
+                        event_id=revocation.event_id,
+                        reason=revocation.reason,
+                        actor=revocation.revoked_by,
+                    )
+                )
+                return RevokeOutcome(None, tombstone=True, changed=True)
+            revoked = _grant_of(row)
+            await _write_audit(
+                connection,
+                action="revoke",
+                grant=revoked,
+                event_id=revocation.event_id,
+                reason=revocation.reason,
+                actor=revocation.revoked_by,
+            )
+            await _notify(connection, "revoke", revoked)
+            return RevokeOutcome(revoked, tombstone=False, changed=True)
+
+    async def grants_of_user(self, user_id: str, *, include_revoked: bool) -> list[Grant]:
+        query = select(grants).where(grants.c.user_id == user_id)
+        if not include_revoked:
+            query = query.where(grants.c.revoked_at.is_(None))
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_grant_of(row) for row in rows]
+
+    async def _grant_by_source(self, connection: AsyncConnection, source: Source) -> Grant:
+        row = (await connection.execute(select(grants).where(*_source_is(source)))).one()
+        return _grant_of(row)
+
+
+def _source_is(source: Source) -> tuple[Any, ...]:
+    return (grants.c.provider == source.provider, grants.c.reference == source.reference)
+
+
+def _grant_values(grant: Grant) -> dict[str, Any]:
+    return {
+        "provider": grant.source.provider,
+        "reference": grant.source.reference,
+        "user_id": grant.user_id,
+        "entitlement": grant.entitlement,
+        "event_id": grant.event_id,
+        "purchased_at": grant.purchased_at,
+        "duration_seconds": (
+            None if grant.duration is None else int(grant.duration.total_seconds())
+        ),
+        "until": grant.until,
+        "lifetime": grant.lifetime,
+        "reason": grant.reason,
+        "granted_by": grant.granted_by,
+    }
+
+
+def _grant_of(row: Row[Any]) -> Grant:
+    return Grant(
+        grant_id=str(row.grant_id),
+        user_id=row.user_id,
+        entitlement=row.entitlement,
+        source=Source(row.provider, row.reference),
+        event_id=row.event_id,
+        purchased_at=row.purchased_at,
+        duration=(
+            None if row.duration_seconds is None else timedelta(seconds=row.duration_seconds)
+        ),
+        until=row.until,
+        lifetime=row.lifetime,
+        revoked=row.revoked_at is not None,
+        reason=row.reason,
+        granted_by=row.granted_by,
+    )
+
+
+async def _write_audit(
+    connection: AsyncConnection,
+    *,
+    action: str,
+    grant: Grant,
+    event_id: str,
+    reason: str,
+    actor: str,
+) -> None:
+    await connection.execute(
+        audit.insert().values(
+            action=action,
+            provider=grant.source.provider,
+            reference=grant.source.reference,
+            grant_id=uuid.UUID(grant.grant_id),
+            user_id=grant.user_id,
+            entitlement=grant.entitlement,
+            event_id=event_id,
+            reason=reason,
+            actor=actor,
+            details={
+                "purchased_at": grant.purchased_at.isoformat(),
+                "duration_seconds": (
+                    None if grant.duration is None else int(grant.duration.total_seconds())
+                ),
+                "until": None if grant.until is None else grant.until.isoformat(),
+                "lifetime": grant.lifetime,
+            },
+        )
+    )
+
+
+async def _notify(connection: AsyncConnection, action: str, grant: Grant) -> None:
+    """Delivered to every replica's listener when (and only if) the transaction commits."""
+    change = entitlements_pb2.EntitlementChange(
+        user_id=grant.user_id,
+        entitlement=grant.entitlement,
+        action=action,
+        grant=wire.grant_message(grant),
+        changed_at=wire.timestamp(datetime.now(UTC)),
+    )
+    await connection.execute(select(func.pg_notify(CHANGES_CHANNEL, wire.change_notice(change))))

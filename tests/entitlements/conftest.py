@@ -1,0 +1,82 @@
+"""The entitlements service in-process on a free port, its stub, and a few ways to grant."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from entitlements_service.server import build
+from entitlements_service.wire import timestamp
+from paylayer.settings import Settings
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+from tests.grpc_helpers import channel_to, serving
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture(scope="session")
+async def entitlements_addr(settings: Settings) -> AsyncIterator[str]:
+    async with serving(build(settings)) as addr:
+        yield addr
+
+
+@pytest.fixture(scope="session")
+async def stub(
+    entitlements_addr: str, settings: Settings
+) -> AsyncIterator[entitlements_pb2_grpc.EntitlementsServiceStub]:
+    async with channel_to(entitlements_addr, settings.internal_token) as channel:
+        yield entitlements_pb2_grpc.EntitlementsServiceStub(channel)
+
+
+def new_user() -> str:
+    """A user no other test touches (the database lives for the whole session)."""
+    return "user-" + uuid.uuid4().hex
+
+
+def new_reference() -> str:
+    return "pi_" + uuid.uuid4().hex
+
+
+def ago(days: float) -> datetime:
+    return datetime.now(UTC) - days * DAY
+
+
+def paid(
+    user_id: str,
+    entitlement: str = "premium",
+    *,
+    reference: str | None = None,
+    provider: str = "stripe",
+    purchased_at: datetime | None = None,
+    days: float | None = None,
+    until: datetime | None = None,
+    lifetime: bool = False,
+) -> entitlements_pb2.GrantEntitlementRequest:
+    """A grant as payments sends it: a source, the event, the purchase time and a term."""
+    request = entitlements_pb2.GrantEntitlementRequest(
+        user_id=user_id,
+        entitlement=entitlement,
+        source=entitlements_pb2.Source(provider=provider, reference=reference or new_reference()),
+        event_id="evt_" + uuid.uuid4().hex,
+        purchased_at=timestamp(purchased_at or datetime.now(UTC)),
+    )
+    if days is not None:
+        request.duration_seconds = int(days * DAY.total_seconds())
+    elif until is not None:
+        request.until.CopyFrom(timestamp(until))
+    else:
+        request.lifetime = lifetime
+    return request
+
+
+def revoke_of(request: entitlements_pb2.GrantEntitlementRequest) -> entitlements_pb2.RevokeEntitlementRequest:
+    return entitlements_pb2.RevokeEntitlementRequest(
+        source=request.source, event_id="evt_" + uuid.uuid4().hex, reason="refund"
+    )
+
+
+def check(user_id: str, entitlement: str = "premium") -> entitlements_pb2.CheckEntitlementRequest:
+    return entitlements_pb2.CheckEntitlementRequest(user_id=user_id, entitlement=entitlement)
