@@ -49,7 +49,7 @@ async def _payments_channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     channel = open_channel(settings.payments_addr, settings.internal_token)
     app[PAYMENTS_CHANNEL] = channel
-    app[PAYMENTS] = payments_pb2_grpc.PaymentsServiceStub(channel)  # type: ignore[assignment]
+    app[PAYMENTS] = payments_pb2_grpc.PaymentsServiceStub(channel)  # type: ignore[assignment,misc]
     app[PAYMENTS_HEALTH] = health_pb2_grpc.HealthStub(channel)
     yield
     await channel.close()

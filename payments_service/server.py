@@ -1,15 +1,36 @@
-"""Composition root of the payments service: engine, servicer, and the shared gRPC kit."""
+"""Composition root of the payments service: inbox, processor, downstream channels, Bot API."""
 
+from __future__ import annotations
+
+from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
+from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
+from payments_service.bot_api import BotApi
+from payments_service.downstream import Downstream
+from payments_service.processor import Processor
 from payments_service.servicer import PaymentsServicer
+from payments_service.store import Store
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
-def build(settings: Settings) -> GrpcService:
-    engine = create_engine(settings.database_url, application_name="payments")
-    servicer = PaymentsServicer()
+def build(settings: Settings, *, workers: int = 4) -> GrpcService:
+    engine = create_engine(settings.database_url, application_name="payments", pool_size=20)
+    catalogue = load_catalogue(settings.catalogue_path)
+    accounts = open_channel(settings.accounts_addr, settings.internal_token)
+    entitlements = open_channel(settings.entitlements_addr, settings.internal_token)
+    bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
+    store = Store(engine)
+    processor = Processor(store, Downstream(accounts, entitlements), catalogue, workers=workers)
+    servicer = PaymentsServicer(store, processor, catalogue, bot)
+
+    async def close() -> None:
+        await processor.drain()
+        await accounts.close()
+        await entitlements.close()
+        await bot.close()
+
     return GrpcService(
         name="payments",
         full_service_name=payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
@@ -18,5 +39,7 @@ def build(settings: Settings) -> GrpcService:
         add_servicer=lambda server: payments_pb2_grpc.add_PaymentsServiceServicer_to_server(
             servicer, server
         ),
+        background=[processor.run_workers],
+        on_stop=[close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

@@ -1,7 +1,263 @@
-"""gRPC adapter of the payments service: proto in, domain call, proto out."""
+"""gRPC adapter of the payments service: proto in, inbox and processor calls, proto out."""
 
-from protos.payments.v1 import payments_pb2_grpc
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from paylayer.catalogue import Catalogue
+from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
+from payments_service import telegram_updates
+from payments_service.bot_api import BotApi
+from payments_service.processor import Processor
+from payments_service.store import Event, Store
+from protos.payments.v1 import payments_pb2, payments_pb2_grpc
+
+MAX_PAGE_SIZE = 500
+_STATUS_NAMES = {
+    "pending": payments_pb2.EVENT_STATUS_PENDING,
+    "processed": payments_pb2.EVENT_STATUS_PROCESSED,
+    "ignored": payments_pb2.EVENT_STATUS_IGNORED,
+    "failed": payments_pb2.EVENT_STATUS_FAILED,
+}
+_STATUS_BY_ENUM = {value: name for name, value in _STATUS_NAMES.items()}
+
+
+def _stamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def event_message(event: Event) -> payments_pb2.Event:
+    return payments_pb2.Event(
+        provider=event.provider,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        status=_STATUS_NAMES[event.status],
+        error=event.error,
+        attempts=event.attempts,
+        received_at=_stamp(event.received_at),
+        processed_at=_stamp(event.processed_at),
+        next_attempt_at=_stamp(event.next_attempt_at) if event.status == "pending" else None,
+        payment_key=event.payment_key or "",
+    )
+
+
+def payment_message(row: dict[str, Any]) -> payments_pb2.Payment:
+    return payments_pb2.Payment(
+        provider=row["provider"],
+        payment_key=row["payment_key"],
+        user_id=row["user_id"] or "",
+        sku=row["sku"] or "",
+        status=row["status"],
+        amount=row["amount"],
+        currency=row["currency"],
+        amount_refunded=row["amount_refunded"],
+        subscription_state=row["subscription_state"],
+        created_at=_stamp(row["created_at"]),
+        updated_at=_stamp(row["updated_at"]),
+    )
+
+
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(f"{what} is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(f"{what} is not a JSON object")
+    return parsed
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(requested or 50, MAX_PAGE_SIZE)
+
+
+def _page_token(token: str) -> int | None:
+    if not token:
+        return None
+    if not token.isdigit():
+        raise InvalidArgument("page_token is not one this service gave")
+    return int(token)
 
 
 class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
-    pass
+    def __init__(
+        self, store: Store, processor: Processor, catalogue: Catalogue, bot: BotApi
+    ) -> None:
+        self.store = store
+        self.processor = processor
+        self.catalogue = catalogue
+        self.bot = bot
+
+    async def HandleStripeEvent(
+        self, request: payments_pb2.HandleStripeEventRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.HandleEventResponse:
+        event = _json_object(request.payload, "payload")
+        event_id, event_type = event.get("id"), event.get("type")
+        if not (
+            isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type
+        ):
+            raise InvalidArgument("a Stripe event needs a string id and type")
+        if len(event_id) > 255 or len(event_type) > 255:
+            raise InvalidArgument("event id or type is too long")
+        recorded, duplicate = await self.store.record("stripe", event_id, event_type, event)
+        if not duplicate:
+            self.processor.kick(recorded.id)
+        return payments_pb2.HandleEventResponse(event=event_message(recorded), duplicate=duplicate)
+
+    async def HandleTelegramUpdate(
+        self, request: payments_pb2.HandleTelegramUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.HandleTelegramUpdateResponse:
+        update = _json_object(request.payload, "payload")
+        update_id = update.get("update_id")
+        if not isinstance(update_id, int) or isinstance(update_id, bool):
+            raise InvalidArgument("a Telegram update needs an integer update_id")
+        kind = telegram_updates.update_kind(update)
+        if kind is None:
+            return payments_pb2.HandleTelegramUpdateResponse()
+        if kind == "pre_checkout_query":
+            query = update["pre_checkout_query"]
+            query_id = query.get("id")
+            if not isinstance(query_id, str) or not query_id:
+                raise InvalidArgument("pre_checkout_query needs an id")
+            verdict = telegram_updates.pre_checkout(self.catalogue, query)
+            recorded, duplicate = await self.store.record(
+                "telegram",
+                str(update_id),
+                kind,
+                update,
+                status="processed" if verdict.ok else "failed",
+            )
+            return payments_pb2.HandleTelegramUpdateResponse(
+                event=event_message(recorded),
+                duplicate=duplicate,
+                pre_checkout=payments_pb2.PreCheckoutAnswer(
+                    pre_checkout_query_id=query_id,
+                    ok=verdict.ok,
+                    error_message=verdict.error_message,
+                ),
+            )
+        recorded, duplicate = await self.store.record("telegram", str(update_id), kind, update)
+        if not duplicate:
+            self.processor.kick(recorded.id)
+        return payments_pb2.HandleTelegramUpdateResponse(
+            event=event_message(recorded), duplicate=duplicate
+        )
+
+    async def ListEvents(
+        self, request: payments_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListEventsResponse:
+        if (
+            request.status not in _STATUS_BY_ENUM
+            and request.status != payments_pb2.EVENT_STATUS_UNSPECIFIED
+        ):
+            raise InvalidArgument("unknown status")
+        limit = _page_size(request.page_size)
+        events = await self.store.list_events(
+            status=_STATUS_BY_ENUM.get(request.status, ""),
+            event_type=request.event_type,
+            provider=request.provider,
+            limit=limit,
+            before_id=_page_token(request.page_token),
+        )
+        return payments_pb2.ListEventsResponse(
+            events=[event_message(e) for e in events],
+            next_page_token=str(events[-1].id) if len(events) == limit else "",
+        )
+
+    async def ReplayEvent(
+        self, request: payments_pb2.ReplayEventRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReplayEventResponse:
+        if not request.provider or not request.event_id:
+            raise InvalidArgument("provider and event_id are required")
+        replayed = await self.store.replay(request.provider, request.event_id)
+        if replayed is None:
+            existing = await self.store.get_event(request.provider, request.event_id)
+            if existing is None:
+                raise NotFound(f"no event {request.provider}:{request.event_id}")
+            raise FailedPrecondition(
+                f"event is {existing.status}; only failed or ignored events replay"
+            )
+        await self.processor.process(replayed.id)
+        after = await self.store.get_event(request.provider, request.event_id)
+        return payments_pb2.ReplayEventResponse(event=event_message(after or replayed))
+
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListPaymentsResponse:
+        limit = _page_size(request.page_size)
+        offset = _page_token(request.page_token) or 0
+        rows = await self.store.list_payments(
+            user_id=request.user_id, provider=request.provider, limit=limit, offset=offset
+        )
+        return payments_pb2.ListPaymentsResponse(
+            payments=[payment_message(row) for row in rows],
+            next_page_token=str(offset + limit) if len(rows) == limit else "",
+        )
+
+    async def CreateInvoiceLink(
+        self, request: payments_pb2.CreateInvoiceLinkRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CreateInvoiceLinkResponse:
+        if request.sku not in self.catalogue.skus:
+            raise InvalidArgument(f"unknown sku {request.sku!r}")
+        url, payload = await self.bot.create_invoice_link(
+            self.catalogue.skus[request.sku], request.user_id
+        )
+        return payments_pb2.CreateInvoiceLinkResponse(url=url, payload=payload)
+
+    async def RefundPayment(
+        self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.RefundPaymentResponse:
+        if request.provider != "telegram":
+            raise InvalidArgument("only Telegram Stars payments are refunded from here")
+        purchase = await self.store.telegram_purchase(request.payment_key)
+        if purchase is None or not isinstance(purchase.get("telegram_user_id"), int):
+            raise NotFound(f"no Stars payment {request.payment_key}")
+        await self.bot.refund_star_payment(purchase["telegram_user_id"], request.payment_key)
+        # The revoke goes through the inbox like Telegram's own refunded_payment would, so the
+        # two together still take effect once.
+        refund = telegram_updates.refund_update(
+            request.payment_key,
+            str(purchase.get("invoice_payload", "")),
+            int(purchase.get("total_amount") or 0),
+        )
+        event, _ = await self.store.record(
+            "telegram", f"refund-{request.payment_key}", "refunded_payment", refund
+        )
+        await self.processor.process(event.id)
+        payment = await self.store.get_payment(request.provider, request.payment_key)
+        if payment is None:
+            raise NotFound(f"no payment {request.payment_key}")
+        return payments_pb2.RefundPaymentResponse(payment=payment_message(payment))
+
+    async def ReconcileTelegram(
+        self, request: payments_pb2.ReconcileTelegramRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReconcileTelegramResponse:
+        transactions = await self.bot.star_transactions()
+        recorded = 0
+        for transaction in transactions:
+            update = telegram_updates.update_from_transaction(transaction)
+            if update is None:
+                continue
+            charge_id = update["message"]["successful_payment"]["telegram_payment_charge_id"]
+            if await self.store.has_payment("telegram", charge_id):
+                continue
+            event, duplicate = await self.store.record(
+                "telegram", f"reconcile-{charge_id}", "successful_payment", update
+            )
+            if not duplicate:
+                recorded += 1
+                await self.processor.process(event.id)
+        return payments_pb2.ReconcileTelegramResponse(
+            transactions_seen=len(transactions), payments_recorded=recorded
+        )

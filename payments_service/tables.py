@@ -1,6 +1,74 @@
-"""The payments schema: this service's tables, and nothing of any other service."""
+"""The payments schema: the inbox of provider events and one row per purchase."""
 
-from sqlalchemy import MetaData
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 SCHEMA = "payments"
 metadata = MetaData(schema=SCHEMA)
+
+EVENT_STATUSES = ("pending", "processed", "ignored", "failed")
+
+# Every verified event, committed before the provider hears 200, processed exactly once.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("provider", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("error", Text, nullable=False, server_default=""),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("payment_key", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("processed_at", DateTime(timezone=True)),
+    UniqueConstraint("provider", "event_id", name="inbox_provider_event_id_key"),
+    CheckConstraint(
+        "status IN ('pending', 'processed', 'ignored', 'failed')", name="inbox_status_check"
+    ),
+)
+# The worker's queue: only pending rows, in the order they are due.
+Index(
+    "inbox_pending_due_idx",
+    inbox.c.next_attempt_at,
+    postgresql_where=text("status = 'pending'"),
+)
+Index("inbox_status_type_idx", inbox.c.status, inbox.c.event_type, inbox.c.id)
+
+# One row per purchase, keyed by the payment intent (else the charge) or the Telegram charge id.
+payments = Table(
+    "payments",
+    metadata,
+    Column("provider", Text, nullable=False),
+    Column("payment_key", Text, nullable=False),
+    Column("user_id", Text),
+    Column("sku", Text),
+    Column("status", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False, server_default="0"),
+    Column("currency", Text, nullable=False, server_default=""),
+    Column("amount_refunded", BigInteger, nullable=False, server_default="0"),
+    Column("subscription_id", Text),
+    Column("subscription_state", Text, nullable=False, server_default=""),
+    Column("purchased_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("provider", "payment_key", name="payments_pkey"),
+)
+Index("payments_user_idx", payments.c.user_id, payments.c.created_at)
+Index("payments_subscription_idx", payments.c.subscription_id)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paylayer.cli import accounts, common, entitlements, local, payments
+from paylayer.cli import accounts, common, entitlements, local, payments, trigger
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paylayer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (local, payments, entitlements, accounts):
+    for module in (local, payments, entitlements, accounts, trigger):
         module.register(commands)
     return parser
 

@@ -1,0 +1,84 @@
+"""Outbound calls to Telegram's Bot API (base URL configurable, so tests run a local one)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import aiohttp
+
+from paylayer.catalogue import Sku
+from paylayer.errors import FailedPrecondition, Unavailable
+
+# Telegram Stars subscriptions renew every 30 days; it is the only period the API accepts.
+SUBSCRIPTION_PERIOD_SECONDS = 30 * 24 * 3600
+
+
+class BotApiError(Exception):
+    def __init__(self, method: str, description: str) -> None:
+        super().__init__(f"{method}: {description}")
+        self.description = description
+
+
+class BotApi:
+    def __init__(self, base_url: str, token: str, timeout_seconds: float = 10.0) -> None:
+        self._base = f"{base_url.rstrip('/')}/bot{token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, method: str, **params: Any) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.post(f"{self._base}/{method}", json=params) as response:
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            # Never include the URL: it carries the bot token.
+            raise Unavailable(f"Telegram {method} unreachable: {type(error).__name__}") from None
+        if not isinstance(body, dict) or not body.get("ok"):
+            description = body.get("description", "") if isinstance(body, dict) else ""
+            raise BotApiError(method, str(description))
+        return body.get("result")
+
+    async def create_invoice_link(self, sku: Sku, user_id: str) -> tuple[str, str]:
+        if sku.stars is None:
+            raise FailedPrecondition(f"{sku.name} cannot be bought with Stars")
+        # `<sku>:<nonce>` fits the 128-byte payload and makes each link unique.
+        payload = f"{sku.name}:{secrets.token_hex(8)}"
+        params: dict[str, Any] = {
+            "title": sku.name.replace("_", " ").title(),
+            "description": f"{sku.grants} access" + (" for life" if sku.lifetime else ""),
+            "payload": payload,
+            "currency": "XTR",
+            "prices": [{"label": sku.name, "amount": sku.stars}],
+        }
+        if sku.recurring:
+            params["subscription_period"] = SUBSCRIPTION_PERIOD_SECONDS
+        url = await self.call("createInvoiceLink", **params)
+        return str(url), payload
+
+    async def refund_star_payment(self, telegram_user_id: int, charge_id: str) -> None:
+        try:
+            await self.call(
+                "refundStarPayment", user_id=telegram_user_id, telegram_payment_charge_id=charge_id
+            )
+        except BotApiError as error:
+            # Already refunded is the outcome asked for: count it as success.
+            if "CHARGE_ALREADY_REFUNDED" not in error.description:
+                raise FailedPrecondition(str(error)) from None
+
+    async def star_transactions(self, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every Stars transaction, paged with offset until a short page."""
+        transactions: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            result = await self.call("getStarTransactions", offset=offset, limit=page_size)
+            page = result.get("transactions", []) if isinstance(result, dict) else []
+            transactions.extend(t for t in page if isinstance(t, dict))
+            if len(page) < page_size:
+                return transactions
+            offset += len(page)

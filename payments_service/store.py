@@ -1,0 +1,318 @@
+"""SQL of the payments schema: the inbox and the payments ledger."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from payments_service.tables import inbox, payments
+
+# A purchase's status only moves forward: a late `charge.failed` never hides a success, and a
+# late `charge.succeeded` never hides a refund.
+STATUS_RANK = {
+    "failed": 0,
+    "awaiting_payment": 1,
+    "succeeded": 2,
+    "partially_refunded": 3,
+    "refunded": 4,
+    "disputed": 5,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    provider: str
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    status: str
+    error: str
+    attempts: int
+    payment_key: str | None
+    received_at: datetime
+    next_attempt_at: datetime
+    processed_at: datetime | None
+
+
+def _event(row: Any) -> Event:
+    return Event(**dict(row._mapping))
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def record(
+        self,
+        provider: str,
+        event_id: str,
+        event_type: str,
+        payload: dict[str, Any],
+        status: str = "pending",
+    ) -> tuple[Event, bool]:
+        """Commit the event once; a second delivery returns the first, marked duplicate."""
+        async with self.engine.begin() as connection:
+            inserted = (
+                await connection.execute(
+                    insert(inbox)
+                    .values(
+                        provider=provider,
+                        event_id=event_id,
+                        event_type=event_type,
+                        payload=payload,
+                        status=status,
+                        processed_at=None if status == "pending" else func.now(),
+                    )
+                    .on_conflict_do_nothing(constraint="inbox_provider_event_id_key")
+                    .returning(*inbox.c)
+                )
+            ).first()
+            if inserted is not None:
+                return _event(inserted), False
+            existing = (
+                await connection.execute(
+                    select(inbox).where(inbox.c.provider == provider, inbox.c.event_id == event_id)
+                )
+            ).one()
+            return _event(existing), True
+
+    @asynccontextmanager
+    async def claim(
+        self, inbox_id: int | None = None
+    ) -> AsyncIterator[tuple[AsyncConnection, Event | None]]:
+        """Lock one pending event (this one, or the next due) for the length of a transaction.
+
+        SKIP LOCKED lets replicas share the queue: a row being processed elsewhere is passed
+        over, never processed twice. A crash releases the lock and leaves the row pending.
+        """
+        query = select(inbox).where(inbox.c.status == "pending")
+        if inbox_id is not None:
+            query = query.where(inbox.c.id == inbox_id)
+        else:
+            query = (
+                query.where(inbox.c.next_attempt_at <= func.now())
+                .order_by(inbox.c.next_attempt_at)
+                .limit(1)
+            )
+        async with self.engine.begin() as connection:
+            row = (await connection.execute(query.with_for_update(skip_locked=True))).first()
+            yield connection, _event(row) if row is not None else None
+
+    @staticmethod
+    async def finish(
+        connection: AsyncConnection,
+        event: Event,
+        status: str,
+        error: str = "",
+        payment_key: str | None = None,
+    ) -> None:
+        await connection.execute(
+            update(inbox)
+            .where(inbox.c.id == event.id)
+            .values(
+                status=status,
+                error=error,
+                attempts=inbox.c.attempts + 1,
+                payment_key=payment_key,
+                processed_at=func.now(),
+            )
+        )
+
+    @staticmethod
+    async def retry_later(
+        connection: AsyncConnection, event: Event, error: str, delay: timedelta
+    ) -> None:
+        await connection.execute(
+            update(inbox)
+            .where(inbox.c.id == event.id)
+            .values(
+                error=error,
+                attempts=inbox.c.attempts + 1,
+                next_attempt_at=func.now() + delay,
+            )
+        )
+
+    @staticmethod
+    async def upsert_payment(
+        connection: AsyncConnection,
+        *,
+        provider: str,
+        payment_key: str,
+        status: str,
+        user_id: str | None = None,
+        sku: str | None = None,
+        amount: int = 0,
+        currency: str = "",
+        amount_refunded: int = 0,
+        subscription_id: str | None = None,
+        purchased_at: datetime | None = None,
+    ) -> None:
+        statement = insert(payments).values(
+            provider=provider,
+            payment_key=payment_key,
+            status=status,
+            user_id=user_id,
+            sku=sku,
+            amount=amount,
+            currency=currency,
+            amount_refunded=amount_refunded,
+            subscription_id=subscription_id,
+            purchased_at=purchased_at,
+        )
+        incoming, stored = statement.excluded, payments.c
+        rank_of = {status_name: literal(rank) for status_name, rank in STATUS_RANK.items()}
+        statement = statement.on_conflict_do_update(
+            constraint="payments_pkey",
+            set_={
+                "status": case(
+                    (
+                        case(rank_of, value=incoming.status, else_=literal(-1))
+                        >= case(rank_of, value=stored.status, else_=literal(-1)),
+                        incoming.status,
+                    ),
+                    else_=stored.status,
+                ),
+                "user_id": func.coalesce(stored.user_id, incoming.user_id),
+                "sku": func.coalesce(stored.sku, incoming.sku),
+                "amount": func.greatest(stored.amount, incoming.amount),
+                "currency": func.coalesce(func.nullif(stored.currency, ""), incoming.currency),
+                "amount_refunded": func.greatest(stored.amount_refunded, incoming.amount_refunded),
+                "subscription_id": func.coalesce(stored.subscription_id, incoming.subscription_id),
+                "purchased_at": func.coalesce(stored.purchased_at, incoming.purchased_at),
+                "updated_at": func.now(),
+            },
+        )
+        await connection.execute(statement)
+
+    @staticmethod
+    async def set_subscription_state(
+        connection: AsyncConnection, provider: str, subscription_id: str, state: str
+    ) -> int:
+        result = await connection.execute(
+            update(payments)
+            .where(payments.c.provider == provider, payments.c.subscription_id == subscription_id)
+            .values(subscription_state=state, updated_at=func.now())
+        )
+        return int(result.rowcount or 0)
+
+    async def list_events(
+        self, *, status: str, event_type: str, provider: str, limit: int, before_id: int | None
+    ) -> list[Event]:
+        query = select(inbox).order_by(inbox.c.id.desc()).limit(limit)
+        if status:
+            query = query.where(inbox.c.status == status)
+        if event_type:
+            query = query.where(inbox.c.event_type == event_type)
+        if provider:
+            query = query.where(inbox.c.provider == provider)
+        if before_id is not None:
+            query = query.where(inbox.c.id < before_id)
+        async with self.engine.connect() as connection:
+            return [_event(row) for row in await connection.execute(query)]
+
+    async def replay(self, provider: str, event_id: str) -> Event | None:
+        """Put a failed or ignored event back in the queue, due now, with a fresh count."""
+        async with self.engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    update(inbox)
+                    .where(
+                        inbox.c.provider == provider,
+                        inbox.c.event_id == event_id,
+                        inbox.c.status.in_(("failed", "ignored")),
+                    )
+                    .values(
+                        status="pending",
+                        error="",
+                        attempts=0,
+                        next_attempt_at=func.now(),
+                        processed_at=None,
+                    )
+                    .returning(*inbox.c)
+                )
+            ).first()
+            return _event(row) if row is not None else None
+
+    async def get_event(self, provider: str, event_id: str) -> Event | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(inbox).where(inbox.c.provider == provider, inbox.c.event_id == event_id)
+                )
+            ).first()
+            return _event(row) if row is not None else None
+
+    async def list_payments(
+        self, *, user_id: str, provider: str, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        query = (
+            select(payments)
+            .order_by(payments.c.created_at.desc(), payments.c.payment_key)
+            .limit(limit)
+            .offset(offset)
+        )
+        if user_id:
+            query = query.where(payments.c.user_id == user_id)
+        if provider:
+            query = query.where(payments.c.provider == provider)
+        async with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in await connection.execute(query)]
+
+    async def get_payment(self, provider: str, payment_key: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(payments).where(
+                        payments.c.provider == provider, payments.c.payment_key == payment_key
+                    )
+                )
+            ).first()
+            return dict(row._mapping) if row is not None else None
+
+    async def inbox_depth(self) -> tuple[int, datetime | None]:
+        async with self.engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(func.count(), func.min(inbox.c.received_at)).where(
+                        inbox.c.status == "pending"
+                    )
+                )
+            ).one()
+            return int(row[0]), row[1]
+
+    async def telegram_purchase(self, charge_id: str) -> dict[str, Any] | None:
+        """The successful_payment that brought this charge: buyer and invoice payload."""
+        async with self.engine.connect() as connection:
+            payload = await connection.scalar(
+                select(inbox.c.payload)
+                .where(
+                    inbox.c.provider == "telegram",
+                    inbox.c.event_type == "successful_payment",
+                    inbox.c.payment_key == charge_id,
+                )
+                .limit(1)
+            )
+        if not isinstance(payload, dict):
+            return None
+        message = payload.get("message") or {}
+        return {
+            "telegram_user_id": (message.get("from") or {}).get("id"),
+            **(message.get("successful_payment") or {}),
+        }
+
+    async def has_payment(self, provider: str, payment_key: str) -> bool:
+        async with self.engine.connect() as connection:
+            found = await connection.scalar(
+                select(literal(1)).where(
+                    payments.c.provider == provider, payments.c.payment_key == payment_key
+                )
+            )
+            return found is not None

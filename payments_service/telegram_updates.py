@@ -1,0 +1,183 @@
+"""Telegram updates to intents, and the pre-checkout rules, pure.
+
+A Stars invoice payload is `<sku>` or `<sku>:<anything>` (a nonce), at most 128 bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from paylayer.catalogue import Catalogue, Sku
+from payments_service.intents import (
+    Grant,
+    Ignore,
+    Intent,
+    Payer,
+    Revoke,
+    SubscriptionState,
+    Unprocessable,
+)
+
+PROVIDER = "telegram"
+STARS = "XTR"
+MAX_PAYLOAD_BYTES = 128
+# The update kinds payments acts on; any other is answered 200 and left alone.
+PAYMENT_KINDS = ("successful_payment", "refunded_payment", "subscription")
+
+
+@dataclass(frozen=True)
+class PreCheckoutVerdict:
+    ok: bool
+    error_message: str = ""
+
+
+def update_kind(update: dict[str, Any]) -> str | None:
+    if isinstance(update.get("pre_checkout_query"), dict):
+        return "pre_checkout_query"
+    message = update.get("message")
+    if isinstance(message, dict):
+        for kind in ("successful_payment", "refunded_payment"):
+            if isinstance(message.get(kind), dict):
+                return kind
+    if isinstance(update.get("subscription"), dict):
+        return "subscription"
+    return None
+
+
+def sku_of_payload(catalogue: Catalogue, payload: Any) -> Sku:
+    if not isinstance(payload, str) or not payload:
+        raise Unprocessable("invoice payload is missing")
+    if len(payload.encode()) > MAX_PAYLOAD_BYTES:
+        raise Unprocessable("invoice payload is over 128 bytes")
+    name = payload.split(":", 1)[0]
+    if name not in catalogue.skus:
+        raise Unprocessable(f"unknown sku {name!r}")
+    return catalogue.skus[name]
+
+
+def check_price(sku: Sku, currency: Any, total_amount: Any) -> None:
+    if currency != STARS:
+        raise Unprocessable(f"currency must be {STARS}, not {currency!r}")
+    if sku.stars is None:
+        raise Unprocessable(f"{sku.name} cannot be bought with Stars")
+    if total_amount != sku.stars:
+        raise Unprocessable(f"{sku.name} costs {sku.stars} Stars, not {total_amount!r}")
+
+
+def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerdict:
+    """Accept only what the catalogue sells, at its price; the message is shown to the buyer."""
+    try:
+        sku = sku_of_payload(catalogue, query.get("invoice_payload"))
+        check_price(sku, query.get("currency"), query.get("total_amount"))
+    except Unprocessable as reason:
+        return PreCheckoutVerdict(False, f"This purchase cannot be completed: {reason}.")
+    return PreCheckoutVerdict(True)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def _user_id(container: dict[str, Any]) -> int:
+    user = container.get("from") or container.get("user")
+    if not isinstance(user, dict) or not isinstance(user.get("id"), int):
+        raise Unprocessable("update names no user")
+    return int(user["id"])
+
+
+def subscription_id(telegram_user_id: int, sku: Sku) -> str:
+    """A Stars subscription is one user's recurring payment for one sku."""
+    return f"{telegram_user_id}:{sku.name}"
+
+
+def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
+    kind = update_kind(update)
+    if kind == "successful_payment":
+        message = update["message"]
+        payment = message["successful_payment"]
+        charge_id = payment.get("telegram_payment_charge_id")
+        if not isinstance(charge_id, str) or not charge_id:
+            raise Unprocessable("successful_payment has no telegram_payment_charge_id")
+        sku = sku_of_payload(catalogue, payment.get("invoice_payload"))
+        check_price(sku, payment.get("currency"), payment.get("total_amount"))
+        telegram_user_id = _user_id(message)
+        purchased_at = _timestamp(message.get("date")) or datetime.now(UTC)
+        recurring = payment.get("is_recurring") is True
+        until = _timestamp(payment.get("subscription_expiration_date")) if recurring else None
+        if recurring and until is None:
+            raise Unprocessable("recurring payment without subscription_expiration_date")
+        return Grant(
+            provider=PROVIDER,
+            payment_key=charge_id,
+            payer=Payer(telegram_user_id=telegram_user_id),
+            sku=sku,
+            purchased_at=purchased_at,
+            amount=int(payment["total_amount"]),
+            currency=STARS,
+            until=until,
+            subscription_id=subscription_id(telegram_user_id, sku) if recurring else None,
+        )
+    if kind == "refunded_payment":
+        refund = update["message"]["refunded_payment"]
+        charge_id = refund.get("telegram_payment_charge_id")
+        if not isinstance(charge_id, str) or not charge_id:
+            raise Unprocessable("refunded_payment has no telegram_payment_charge_id")
+        amount = refund.get("total_amount")
+        return Revoke(PROVIDER, charge_id, "refunded", amount if isinstance(amount, int) else 0)
+    if kind == "subscription":
+        subscription = update["subscription"]
+        state = subscription.get("state")
+        if state not in ("canceled", "active", "failed"):
+            raise Unprocessable(f"unknown subscription state {state!r}")
+        sku = sku_of_payload(catalogue, subscription.get("invoice_payload"))
+        return SubscriptionState(PROVIDER, subscription_id(_user_id(subscription), sku), state)
+    return Ignore("update carries nothing payments acts on")
+
+
+def update_from_transaction(transaction: dict[str, Any]) -> dict[str, Any] | None:
+    """A paid Stars transaction as the successful_payment update that should have brought it.
+
+    Used by reconcile: updates older than Telegram's 24 h retention are lost, transactions
+    are not. Its id is the payment's telegram_payment_charge_id.
+    """
+    source = transaction.get("source")
+    if not isinstance(source, dict) or source.get("type") != "user":
+        return None
+    if source.get("transaction_type", "invoice_payment") != "invoice_payment":
+        return None
+    user = source.get("user")
+    charge_id = transaction.get("id")
+    payload = source.get("invoice_payload")
+    if not (isinstance(user, dict) and isinstance(charge_id, str) and isinstance(payload, str)):
+        return None
+    date: int = transaction["date"] if isinstance(transaction.get("date"), int) else 0
+    payment: dict[str, Any] = {
+        "currency": STARS,
+        "total_amount": transaction.get("amount"),
+        "invoice_payload": payload,
+        "telegram_payment_charge_id": charge_id,
+        "provider_payment_charge_id": "",
+    }
+    period = source.get("subscription_period")
+    if isinstance(period, int) and period > 0:
+        payment["is_recurring"] = True
+        payment["subscription_expiration_date"] = date + period
+    return {"message": {"from": user, "date": date, "successful_payment": payment}}
+
+
+def refund_update(charge_id: str, invoice_payload: str, total_amount: int) -> dict[str, Any]:
+    """A refund we made ourselves, as the refunded_payment update Telegram would send."""
+    return {
+        "message": {
+            "refunded_payment": {
+                "currency": STARS,
+                "total_amount": total_amount,
+                "invoice_payload": invoice_payload,
+                "telegram_payment_charge_id": charge_id,
+            }
+        }
+    }
