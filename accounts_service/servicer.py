@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from accounts_service import rules
-from accounts_service.store import IDENTITY_LABELS, AccountsStore, LinkableKind
+from accounts_service.store import IDENTITY_LABELS, AccountsStore, IdentityKind
 from accounts_service.tiers import TierCaps
 from paylayer.errors import InvalidArgument, NotFound
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
@@ -76,11 +77,12 @@ def _identity(kind: str, value: str | int) -> str | int:
 
 def _which_identity(
     request: accounts_pb2.ResolveUserRequest | accounts_pb2.LinkIdentityRequest,
-) -> tuple[str, str | int]:
+) -> tuple[IdentityKind, str | int]:
     kind = request.WhichOneof("identity")
     if kind is None:
         raise InvalidArgument("give one identity: user_id, telegram_user_id, stripe_customer_id …")
-    return kind, _identity(kind, getattr(request, kind))
+    # The oneof's field names are the identity columns, by design of the proto.
+    return cast(IdentityKind, kind), _identity(kind, getattr(request, kind))
 
 
 def _snapshot(request: accounts_pb2.ReportAccountSnapshotRequest) -> rules.Snapshot:
@@ -157,14 +159,13 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
         self, request: accounts_pb2.ResolveUserRequest, context: grpc.aio.ServicerContext
     ) -> accounts_pb2.ResolveUserResponse:
         kind, value = _which_identity(request)
-        user = await self._store.find_user(kind, value)  # type: ignore[arg-type]
+        user = await self._store.find_user(kind, value)
         if user is not None:
             return accounts_pb2.ResolveUserResponse(user=_user_message(user), created=False)
         # Internal ids are minted here only, so an unknown one is never created on request.
         if not request.create or kind == "user_id":
             raise NotFound(f"no user with this {IDENTITY_LABELS[kind]}")
-        linkable: LinkableKind = kind  # type: ignore[assignment]
-        user, created = await self._store.create_user(linkable, value)
+        user, created = await self._store.create_user(kind, value)
         return accounts_pb2.ResolveUserResponse(user=_user_message(user), created=created)
 
     async def LinkIdentity(
@@ -172,7 +173,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
     ) -> accounts_pb2.LinkIdentityResponse:
         user_id = _user_id(request.user_id)
         kind, value = _which_identity(request)
-        user = await self._store.link_identity(user_id, kind, value)  # type: ignore[arg-type]
+        assert kind != "user_id"  # not in LinkIdentityRequest's oneof
+        user = await self._store.link_identity(user_id, kind, value)
         return accounts_pb2.LinkIdentityResponse(user=_user_message(user))
 
     async def LinkAccount(
