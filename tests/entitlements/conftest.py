@@ -72,7 +72,9 @@ def paid(
     return request
 
 
-def revoke_of(request: entitlements_pb2.GrantEntitlementRequest) -> entitlements_pb2.RevokeEntitlementRequest:
+def revoke_of(
+    request: entitlements_pb2.GrantEntitlementRequest,
+) -> entitlements_pb2.RevokeEntitlementRequest:
     return entitlements_pb2.RevokeEntitlementRequest(
         source=request.source, event_id="evt_" + uuid.uuid4().hex, reason="refund"
     )
