@@ -58,14 +58,18 @@ class Stack:
         return process.wait(timeout=timeout)
 
     def wait_until_up(self, timeout: float = 60) -> float:
+        return asyncio.run(self.up(within=timeout))
+
+    async def up(self, within: float = 60) -> float:
+        """Seconds until every process reports healthy (and the gateway ready)."""
         started = time.monotonic()
         while True:
-            statuses = asyncio.run(check_all(self.settings, self.addrs["gateway"]))
+            statuses = await check_all(self.settings, self.addrs["gateway"])
             if _all_up(statuses):
                 return time.monotonic() - started
-            if time.monotonic() - started > timeout:
+            if time.monotonic() - started > within:
                 raise TimeoutError(f"stack not up: {statuses}\n{self.logs()}")
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
 
     def logs(self) -> str:
         return "\n".join(
