@@ -12,9 +12,13 @@ from entitlements_service.server import build
 from entitlements_service.wire import timestamp
 from paylayer.settings import Settings
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+from tests.conftest import INTERNAL_TOKEN
 from tests.grpc_helpers import channel_to, serving
 
 DAY = timedelta(days=1)
+# paylayer.grpc_client's interceptor reaches unary calls only (grpc.aio files an interceptor under
+# its first kind), so streaming calls carry the token themselves.
+BEARER = (("authorization", f"Bearer {INTERNAL_TOKEN}"),)
 
 
 @pytest.fixture(scope="session")
