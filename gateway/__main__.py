@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import uvloop
 from aiohttp import web
 
 from gateway.app import init_app
@@ -21,7 +22,15 @@ def main() -> None:
     configure_logging("gateway", settings.log_level, settings.secrets())
     host, port = settings.listen_address("gateway").rsplit(":", 1)
     # aiohttp stops on SIGTERM and SIGINT, letting in-flight requests finish first.
-    web.run_app(init_app(settings), host=host, port=int(port), print=None, shutdown_timeout=10)
+    web.run_app(
+        init_app(settings),
+        host=host,
+        port=int(port),
+        print=None,
+        shutdown_timeout=10,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

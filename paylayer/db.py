@@ -19,8 +19,9 @@ def create_engine(database_url: str, *, application_name: str, pool_size: int = 
         async_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        # After a PostgreSQL restart the pool holds dead connections: test each before use.
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip on every checkout. After a PostgreSQL restart the
+        # first call on a dead connection fails and SQLAlchemy then drops the whole pool; the
+        # callers (the inbox worker, the providers' own retries) try again.
         pool_timeout=5,
         connect_args={
             "server_settings": {"application_name": application_name},

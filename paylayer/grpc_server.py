@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
@@ -245,4 +246,5 @@ def run_main(
     async def serve() -> None:
         await build(settings).run_until_signalled(settings.listen_address(service))
 
-    asyncio.run(serve())
+    # uvloop: the same asyncio, a faster loop (socket writes dominate our profiles).
+    uvloop.run(serve())

@@ -9,6 +9,7 @@ source again, which entitlements counts once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from datetime import timedelta
@@ -51,6 +52,12 @@ def interpret(event: Event, catalogue: Catalogue) -> Intent:
 
 
 class Processor:
+    """Applies pending events: those just received first, then any that are due for a retry.
+
+    A fixed number of workers bounds the work done at once, so a burst of webhooks is first
+    acknowledged (cheap) and then applied as fast as the downstream services allow.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -65,18 +72,22 @@ class Processor:
         self.catalogue = catalogue
         self._workers = workers
         self._poll_seconds = poll_seconds
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        # Just-committed events; when full, the workers' poll of the table finds them instead.
+        self._fresh: asyncio.Queue[int] = asyncio.Queue(maxsize=10_000)
 
     def kick(self, inbox_id: int) -> None:
-        """Process a just-committed event now, without waiting for the worker's next turn."""
-        task = asyncio.create_task(self.process(inbox_id))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        """Have a just-committed event processed next, without waiting for the next poll."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._fresh.put_nowait(inbox_id)
 
-    async def drain(self) -> None:
-        """On shutdown: let events being processed finish (they would be retried anyway)."""
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=10)
+    async def drain(self, within: float = 10) -> None:
+        """On shutdown: apply what was received but not yet applied, for up to `within` s.
+
+        Whatever is left stays pending in the inbox and is applied after the restart.
+        """
+        deadline = asyncio.get_running_loop().time() + within
+        while not self._fresh.empty() and asyncio.get_running_loop().time() < deadline:
+            await self.process(self._fresh.get_nowait())
 
     async def process(self, inbox_id: int | None = None) -> bool:
         """Process one pending event (this one, or the next due). False when there was none."""
@@ -96,10 +107,11 @@ class Processor:
             return False
 
     async def _apply(self, connection: Any, event: Event) -> None:
+        """Downstream calls first (idempotent), local writes last: a failure at any point
+        leaves nothing half-written here, and the retry repeats only harmless calls."""
         try:
-            async with connection.begin_nested():
-                intent = interpret(event, self.catalogue)
-                payment_key = await self._effect(connection, event, intent)
+            intent = interpret(event, self.catalogue)
+            payment_key = await self._effect(connection, event, intent)
         except Unprocessable as reason:
             log.warning("event %s kept as failed: %s", event.event_id, reason)
             await self.store.finish(connection, event, "failed", str(reason))
@@ -128,6 +140,15 @@ class Processor:
         event_ref = f"{event.provider}:{event.event_id}"
         if isinstance(intent, Grant):
             user_id = await self.downstream.resolve_payer(intent.payer)
+            await self.downstream.grant(
+                user_id=user_id,
+                sku=intent.sku,
+                provider=intent.provider,
+                payment_key=intent.payment_key,
+                event_id=event_ref,
+                purchased_at=intent.purchased_at,
+                until=intent.until,
+            )
             await self.store.upsert_payment(
                 connection,
                 provider=intent.provider,
@@ -140,30 +161,21 @@ class Processor:
                 subscription_id=intent.subscription_id,
                 purchased_at=intent.purchased_at,
             )
-            await self.downstream.grant(
-                user_id=user_id,
-                sku=intent.sku,
-                provider=intent.provider,
-                payment_key=intent.payment_key,
-                event_id=event_ref,
-                purchased_at=intent.purchased_at,
-                until=intent.until,
-            )
             return intent.payment_key
         if isinstance(intent, Revoke):
-            await self.store.upsert_payment(
-                connection,
-                provider=intent.provider,
-                payment_key=intent.payment_key,
-                status=intent.status,
-                amount_refunded=intent.amount_refunded,
-            )
             # A revoke before its payment leaves a tombstone: the later grant stays revoked.
             await self.downstream.revoke(
                 provider=intent.provider,
                 payment_key=intent.payment_key,
                 event_id=event_ref,
                 reason=intent.status,
+            )
+            await self.store.upsert_payment(
+                connection,
+                provider=intent.provider,
+                payment_key=intent.payment_key,
+                status=intent.status,
+                amount_refunded=intent.amount_refunded,
             )
             return intent.payment_key
         if isinstance(intent, Record):
@@ -185,11 +197,20 @@ class Processor:
         return None
 
     async def run_workers(self) -> None:
-        """The backstop: events whose first try failed (or whose process died) are retried here."""
+        """Fresh events first; when there are none, the due retries (and rows left behind by a
+        crashed replica) found by polling the table."""
         await asyncio.gather(*(self._worker() for _ in range(self._workers)))
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_poll = 0.0
         while True:
-            worked = await self.process()
-            if not worked:
-                await asyncio.sleep(self._poll_seconds)
+            if loop.time() >= next_poll:
+                while await self.process():
+                    pass
+                next_poll = loop.time() + self._poll_seconds
+            try:
+                inbox_id = await asyncio.wait_for(self._fresh.get(), self._poll_seconds)
+            except TimeoutError:
+                continue
+            await self.process(inbox_id)

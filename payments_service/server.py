@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
@@ -22,6 +24,7 @@ def build(settings: Settings, *, workers: int = 4) -> GrpcService:
     entitlements = open_channel(settings.entitlements_addr, settings.internal_token)
     bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
     store = Store(engine)
+    workers = int(os.environ.get("PAYMENTS_WORKERS", workers))
     processor = Processor(store, Downstream(accounts, entitlements), catalogue, workers=workers)
     servicer = PaymentsServicer(store, processor, catalogue, bot)
 

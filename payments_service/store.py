@@ -49,6 +49,8 @@ def _event(row: Any) -> Event:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Single statements need no BEGIN/COMMIT round trips: each is atomic on its own.
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def record(
         self,
@@ -59,7 +61,7 @@ class Store:
         status: str = "pending",
     ) -> tuple[Event, bool]:
         """Commit the event once; a second delivery returns the first, marked duplicate."""
-        async with self.engine.begin() as connection:
+        async with self._single.connect() as connection:
             inserted = (
                 await connection.execute(
                     insert(inbox)
@@ -215,7 +217,7 @@ class Store:
             query = query.where(inbox.c.provider == provider)
         if before_id is not None:
             query = query.where(inbox.c.id < before_id)
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             return [_event(row) for row in await connection.execute(query)]
 
     async def replay(self, provider: str, event_id: str) -> Event | None:
@@ -242,7 +244,7 @@ class Store:
             return _event(row) if row is not None else None
 
     async def get_event(self, provider: str, event_id: str) -> Event | None:
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             row = (
                 await connection.execute(
                     select(inbox).where(inbox.c.provider == provider, inbox.c.event_id == event_id)
@@ -263,11 +265,11 @@ class Store:
             query = query.where(payments.c.user_id == user_id)
         if provider:
             query = query.where(payments.c.provider == provider)
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             return [dict(row._mapping) for row in await connection.execute(query)]
 
     async def get_payment(self, provider: str, payment_key: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             row = (
                 await connection.execute(
                     select(payments).where(
@@ -278,7 +280,7 @@ class Store:
             return dict(row._mapping) if row is not None else None
 
     async def inbox_depth(self) -> tuple[int, datetime | None]:
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             row = (
                 await connection.execute(
                     select(func.count(), func.min(inbox.c.received_at)).where(
@@ -290,7 +292,7 @@ class Store:
 
     async def telegram_purchase(self, charge_id: str) -> dict[str, Any] | None:
         """The successful_payment that brought this charge: buyer and invoice payload."""
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             payload = await connection.scalar(
                 select(inbox.c.payload)
                 .where(
@@ -309,7 +311,7 @@ class Store:
         }
 
     async def has_payment(self, provider: str, payment_key: str) -> bool:
-        async with self.engine.connect() as connection:
+        async with self._single.connect() as connection:
             found = await connection.scalar(
                 select(literal(1)).where(
                     payments.c.provider == provider, payments.c.payment_key == payment_key

@@ -1,0 +1,70 @@
+"""The floor for webhooks: the gateway's own verification plus one transaction, one process.
+
+`python -m benchmarks.floor` (DATABASE_URL, STRIPE_WEBHOOK_SECRETS, LISTEN_ADDR). Nothing of
+the real stack runs here: it is what one aiohttp process can do at best.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from sqlalchemy import text
+
+from gateway.stripe_webhook import Rejected, verify
+from paylayer.db import create_engine
+from paylayer.settings import Settings
+
+ENGINE = web.AppKey("engine", object)
+
+
+def init_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, application_name="floor")
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE SCHEMA IF NOT EXISTS bench_floor"))
+            await connection.execute(
+                text(
+                    "CREATE TABLE IF NOT EXISTS bench_floor.inbox "
+                    "(event_id text PRIMARY KEY, payload jsonb NOT NULL)"
+                )
+            )
+        # One statement, one transaction, no BEGIN/COMMIT round trips: as the inbox does it.
+        app[ENGINE] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        yield
+        await engine.dispose()
+
+    async def webhook(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            event = verify(
+                body,
+                request.headers.get("Stripe-Signature"),
+                settings.stripe_webhook_secrets,
+                time.time(),
+            )
+        except Rejected as rejection:
+            return web.json_response({"error": rejection.message}, status=rejection.status)
+        async with request.app[ENGINE].connect() as connection:  # type: ignore[attr-defined]
+            await connection.execute(
+                text(
+                    "INSERT INTO bench_floor.inbox (event_id, payload)"
+                    " VALUES (:id, CAST(:payload AS jsonb)) ON CONFLICT DO NOTHING"
+                ),
+                {"id": event["id"], "payload": json.dumps(event)},
+            )
+        return web.json_response({"received": True})
+
+    app.cleanup_ctx.append(database)
+    app.router.add_post("/api/v1/stripe/webhook", webhook)
+    return app
+
+
+if __name__ == "__main__":
+    settings = Settings.from_env()
+    host, port = settings.listen_addr.rsplit(":", 1)
+    web.run_app(init_app(settings), host=host, port=int(port), print=None, access_log=None)
