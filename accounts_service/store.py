@@ -75,11 +75,13 @@ class AccountsStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # Lookups and the create are single statements: no BEGIN/COMMIT round trips needed.
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     # --- users ---------------------------------------------------------------------------------
 
     async def find_user(self, kind: IdentityKind, value: str | int) -> rules.User | None:
-        async with self._engine.connect() as connection:
+        async with self._single.connect() as connection:
             row = (await connection.execute(select(users).where(users.c[kind] == value))).first()
         return _user(row) if row else None
 
@@ -89,17 +91,19 @@ class AccountsStore:
         Race-safe without a lock: of concurrent inserts of one identity, the unique constraint
         lets one through and the others do nothing, then all read the same row.
         """
-        async with self._engine.begin() as connection:
+        async with self._single.connect() as connection:
             inserted = (
                 await connection.execute(
                     pg_insert(users)
                     .values(user_id=str(uuid.uuid4()), **{kind: value})
                     .on_conflict_do_nothing()
-                    .returning(users.c.user_id)
+                    .returning(*users.c)
                 )
             ).first()
+            if inserted is not None:
+                return _user(inserted), True
             row = (await connection.execute(select(users).where(users.c[kind] == value))).one()
-        return _user(row), inserted is not None
+        return _user(row), False
 
     async def link_identity(self, user_id: str, kind: LinkableKind, value: str | int) -> rules.User:
         """Attach an identity; never moves one from its owner, never replaces one a user has."""
