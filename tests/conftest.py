@@ -21,6 +21,7 @@ from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded, with_database
 from paylayer.migrations import upgrade_all
 from paylayer.settings import REPO_ROOT, Settings
+from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack, make_stack
 
 INTERNAL_TOKEN = "test-internal-" + secrets.token_hex(8)
@@ -61,15 +62,28 @@ def database_url(admin_database_url: str) -> Iterator[str]:
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+BOT_TOKEN = "123456:TEST-" + secrets.token_hex(8)
+
+
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def bot_api() -> Iterator[FakeBotApi]:
+    """Telegram's Bot API, played locally: the one server we cannot reach from here."""
+    server = FakeBotApi(token=BOT_TOKEN)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, bot_api: FakeBotApi) -> Settings:
     return Settings(
         database_url=database_url,
         internal_token=INTERNAL_TOKEN,
         stripe_webhook_secrets=("whsec_test_" + secrets.token_hex(16),),
         telegram_webhook_secret="tg-secret-" + secrets.token_hex(8),
-        telegram_bot_token="123456:TEST-" + secrets.token_hex(8),
-        catalogue_path=REPO_ROOT / "catalogue.yaml",
+        telegram_bot_token=BOT_TOKEN,
+        telegram_api_base=bot_api.base_url,
+        catalogue_path=REPO_ROOT / "tests" / "catalogue.yaml",
         shutdown_grace_seconds=2.0,
     )
 
