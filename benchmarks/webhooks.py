@@ -12,26 +12,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import psutil
 
+from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import sign_stripe, stripe_event
-from paylayer.embedded_pg import start_embedded, with_database
-from paylayer.migrations import upgrade_all
-from paylayer.settings import REPO_ROOT, Settings
-from tests.stack import free_port, make_stack
+from paylayer.settings import REPO_ROOT
+from tests.stack import Stack, free_port
 
 Delivery = tuple[str, bytes, str]  # event id, body, signature
 
@@ -157,101 +153,68 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    admin_url = os.environ.get("DATABASE_URL")
-    server = None
-    if not admin_url:
-        server, admin_url = start_embedded(
-            Path(tempfile.mkdtemp(prefix="paylayer-bench-")) / "pgdata", delete_on_exit=True
-        )
-    name = f"paylayer_bench_{secrets.token_hex(3)}"
+    with fresh_database() as database_url:
+        settings = bench_settings(database_url)
+        secret = settings.stripe_webhook_secrets[0]
+        with running_stack(settings) as stack:
+            floor_addr = f"127.0.0.1:{free_port()}"
+            floor = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.floor"],
+                env={**stack.env, "LISTEN_ADDR": floor_addr},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                results = measure(args, stack, database_url, secret, f"http://{floor_addr}")
+            finally:
+                floor.terminate()
+                floor.wait()
+    print(json.dumps(results, indent=2))
 
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(admin_url)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    database_url = with_database(admin_url, name)
-    upgrade_all(database_url)
-    secret = "whsec_bench_" + secrets.token_hex(16)
-    settings = Settings(
-        database_url=database_url,
-        internal_token="bench-" + secrets.token_hex(8),
-        stripe_webhook_secrets=(secret,),
-        telegram_webhook_secret="bench-" + secrets.token_hex(8),
-        telegram_bot_token="1:bench",
-        catalogue_path=REPO_ROOT / "catalogue.yaml",
-        shutdown_grace_seconds=2,
+def measure(
+    args: argparse.Namespace, stack: Stack, database_url: str, secret: str, floor_base: str
+) -> dict[str, Any]:
+    floor_url = f"{floor_base}/api/v1/stripe/webhook"
+    stack_url = f"{stack.gateway_url}/api/v1/stripe/webhook"
+    wait_http(floor_url)
+    results: dict[str, Any] = {
+        "events": args.events,
+        "concurrency": args.concurrency,
+        "duplicate_share": args.duplicates,
+    }
+    # Warm both (pools, connections), and let the stack apply its warm-up before measuring, so
+    # each target is measured on an otherwise quiet machine.
+    asyncio.run(send_all(floor_url, deliveries(200, secret, 0), args.concurrency))
+    warmup = deliveries(200, secret, 0)
+    asyncio.run(send_all(stack_url, warmup, args.concurrency))
+    asyncio.run(wait_for_grants(plain(database_url), [event_id for event_id, _, _ in warmup]))
+
+    results["floor"] = asyncio.run(
+        send_all(floor_url, deliveries(args.events, secret, args.duplicates), args.concurrency)
     )
-    log_dir = Path(tempfile.mkdtemp(prefix="paylayer-bench-logs-"))
-    stack = make_stack(settings, log_dir)
-    floor_addr = f"127.0.0.1:{free_port()}"
-    floor = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.floor"],
-        env={**stack.env, "LISTEN_ADDR": floor_addr},
-        stdout=subprocess.DEVNULL,
-        stderr=(log_dir / "floor.log").open("wb"),
-    )
-    try:
-        for process in ("accounts", "entitlements", "payments", "gateway"):
-            stack.start(process)
-        stack.wait_until_up()
-        floor_url = f"http://{floor_addr}/api/v1/stripe/webhook"
-        stack_url = f"{stack.gateway_url}/api/v1/stripe/webhook"
-        wait_http(floor_url)
-
-        results: dict[str, Any] = {
-            "events": args.events,
-            "concurrency": args.concurrency,
-            "duplicate_share": args.duplicates,
-        }
-        # Warm both (connections, caches, JIT-free but pool-filling), then measure.
-        asyncio.run(send_all(floor_url, deliveries(200, secret, 0), args.concurrency))
-        warmup = deliveries(200, secret, 0)
-        asyncio.run(send_all(stack_url, warmup, args.concurrency))
-        # Measure each on a quiet machine: let the stack apply its warm-up first.
-        asyncio.run(wait_for_grants(_plain(database_url), [event_id for event_id, _, _ in warmup]))
-        results["floor"] = asyncio.run(
-            send_all(floor_url, deliveries(args.events, secret, args.duplicates), args.concurrency)
-        )
-        stack_work = deliveries(args.events, secret, args.duplicates)
-        cpu_before = cpu_seconds(stack.processes)
-        drain_started = time.perf_counter()
-        results["stack"] = asyncio.run(send_all(stack_url, stack_work, args.concurrency))
-        unique_ids = sorted({event_id for event_id, _, _ in stack_work})
-        results["stack"]["effects"] = asyncio.run(wait_for_grants(_plain(database_url), unique_ids))
-        # Acknowledging is not the end: every event must also be applied. This is the rate at
-        # which the whole burst was received and applied, end to end.
-        results["stack"]["effects"]["applied_per_second"] = round(
-            len(unique_ids) / (time.perf_counter() - drain_started), 1
-        )
-        cpu_after = cpu_seconds(stack.processes)
-        results["stack"]["cpu_seconds_by_process"] = {
-            name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_after
-        }
-        effects = results["stack"]["effects"]
-        results["ratio"] = round(results["stack"]["rps"] / results["floor"]["rps"], 3)
-        results["grants_equal_unique_events"] = effects["grants"] == effects["unique_events"]
-        results["bar"] = {
-            "ratio_at_least_0_5": results["ratio"] >= 0.5,
-            "p99_at_most_100_ms": results["stack"]["p99_ms"] <= 100,
-            "no_non_2xx": results["stack"]["non_2xx"] == 0,
-        }
-        print(json.dumps(results, indent=2))
-    finally:
-        floor.terminate()
-        floor.wait()
-        for process in reversed(list(stack.processes)):
-            stack.stop(process)
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        if server is not None:
-            server.cleanup()
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    stack_work = deliveries(args.events, secret, args.duplicates)
+    cpu_before = cpu_seconds(stack.processes)
+    started = time.perf_counter()
+    results["stack"] = asyncio.run(send_all(stack_url, stack_work, args.concurrency))
+    unique_ids = sorted({event_id for event_id, _, _ in stack_work})
+    effects = asyncio.run(wait_for_grants(plain(database_url), unique_ids))
+    # Acknowledging is not the end: every event must also be applied. This is the rate at
+    # which the whole burst was received and applied, end to end.
+    effects["applied_per_second"] = round(len(unique_ids) / (time.perf_counter() - started), 1)
+    results["stack"]["effects"] = effects
+    cpu_after = cpu_seconds(stack.processes)
+    results["stack"]["cpu_seconds_by_process"] = {
+        name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_after
+    }
+    results["ratio"] = round(results["stack"]["rps"] / results["floor"]["rps"], 3)
+    results["grants_equal_unique_events"] = effects["grants"] == effects["unique_events"]
+    results["bar"] = {
+        "ratio_at_least_0_5": results["ratio"] >= 0.5,
+        "p99_at_most_100_ms": results["stack"]["p99_ms"] <= 100,
+        "no_non_2xx": results["stack"]["non_2xx"] == 0,
+    }
+    return results
 
 
 if __name__ == "__main__":
