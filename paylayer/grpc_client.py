@@ -32,7 +32,7 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _OutgoingCall(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _Outgoing:
     def __init__(self, internal_token: str, default_deadline: float) -> None:
         self._authorization = ("authorization", f"Bearer {internal_token}")
         self._default_deadline = default_deadline
@@ -51,9 +51,14 @@ class _OutgoingCall(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCl
             wait_for_ready=details.wait_for_ready,
         )
 
+
+# grpc.aio files each interceptor object under one call kind only, so each kind gets its own.
+class _OutgoingUnary(_Outgoing, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _OutgoingStream(_Outgoing, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
@@ -65,7 +70,10 @@ def open_channel(
     target = addr if "://" in addr or addr.startswith("unix:") else f"dns:///{addr}"
     return grpc.aio.insecure_channel(
         target,
-        interceptors=[_OutgoingCall(internal_token, default_deadline)],
+        interceptors=[
+            _OutgoingUnary(internal_token, default_deadline),
+            _OutgoingStream(internal_token, default_deadline),
+        ],
         options=[
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.enable_retries", 1),

@@ -14,8 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from paylayer.grpc_client import open_channel
 from protos.accounts.v1 import accounts_pb2
-from protos.entitlements.v1 import entitlements_pb2
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from protos.payments.v1 import payments_pb2
 from tests.stack import Stack, free_port
 
@@ -135,3 +136,16 @@ async def test_sigterm_turns_health_not_serving_then_exits_cleanly(stack: Stack)
     assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
     assert process.stderr is not None
     assert b"payments stopped" in await process.stderr.read()
+
+
+async def test_streams_opened_through_the_kit_carry_the_token(stack: Stack) -> None:
+    """grpc.aio files a client interceptor under one call kind; streams need their own."""
+    async with open_channel(stack.addrs["entitlements"], stack.settings.internal_token) as channel:
+        watch = entitlements_pb2_grpc.EntitlementsServiceStub(channel).WatchEntitlements(
+            entitlements_pb2.WatchEntitlementsRequest(user_id="nobody"), timeout=1.5
+        )
+        try:
+            async for _ in watch:
+                break
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
