@@ -17,6 +17,14 @@ DEFAULT_ADDRS = {
 }
 
 
+# Each gRPC process serves Prometheus metrics on a port of its own (the gateway on /metrics).
+DEFAULT_METRICS_ADDRS = {
+    "payments": "127.0.0.1:9051",
+    "entitlements": "127.0.0.1:9052",
+    "accounts": "127.0.0.1:9053",
+}
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
@@ -36,6 +44,7 @@ class Settings:
     catalogue_path: Path = field(default=REPO_ROOT / "catalogue.yaml")
     # Where this process listens; unset means the default address of its own service.
     listen_addr: str = ""
+    metrics_addr: str = ""
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 10.0
 
@@ -58,6 +67,7 @@ class Settings:
             accounts_addr=env.get("ACCOUNTS_ADDR", DEFAULT_ADDRS["accounts"]),
             catalogue_path=Path(env.get("CATALOGUE_PATH", str(REPO_ROOT / "catalogue.yaml"))),
             listen_addr=env.get("LISTEN_ADDR", ""),
+            metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
         )
@@ -70,6 +80,9 @@ class Settings:
 
     def listen_address(self, service: str) -> str:
         return self.listen_addr or DEFAULT_ADDRS[service]
+
+    def metrics_address(self, service: str) -> str:
+        return self.metrics_addr or DEFAULT_METRICS_ADDRS[service]
 
     def secrets(self) -> list[str]:
         """Every secret value, so that logs can be checked never to carry one."""

@@ -28,6 +28,7 @@ from payments_service.intents import (
     SubscriptionState,
     Unprocessable,
 )
+from payments_service.metrics import EVENT_RETRIES, EVENTS_FINISHED
 from payments_service.store import Event, Store
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,10 @@ class Processor:
             payment_key = await self._effect(connection, event, intent)
         except Unprocessable as reason:
             log.warning("event %s kept as failed: %s", event.event_id, reason)
-            await self.store.finish(connection, event, "failed", str(reason))
+            await self._finish(connection, event, "failed", str(reason))
             return
         except Retryable as reason:
+            EVENT_RETRIES.labels(event.provider).inc()
             delay = backoff(event.attempts)
             log.info("event %s waits %.1f s: %s", event.event_id, delay.total_seconds(), reason)
             await self.store.retry_later(connection, event, str(reason), delay)
@@ -124,7 +126,7 @@ class Processor:
         except Exception as error:
             if event.attempts + 1 >= MAX_ATTEMPTS_FOR_ERRORS:
                 log.exception("event %s failed for good", event.event_id)
-                await self.store.finish(connection, event, "failed", f"error: {error!r}")
+                await self._finish(connection, event, "failed", f"error: {error!r}")
             else:
                 log.exception("event %s hit an error; retrying", event.event_id)
                 await self.store.retry_later(
@@ -132,9 +134,20 @@ class Processor:
                 )
             return
         if isinstance(intent, Ignore):
-            await self.store.finish(connection, event, "ignored", intent.reason, payment_key)
+            await self._finish(connection, event, "ignored", intent.reason, payment_key)
         else:
-            await self.store.finish(connection, event, "processed", "", payment_key)
+            await self._finish(connection, event, "processed", "", payment_key)
+
+    async def _finish(
+        self,
+        connection: Any,
+        event: Event,
+        outcome: str,
+        error: str,
+        payment_key: str | None = None,
+    ) -> None:
+        await self.store.finish(connection, event, outcome, error, payment_key)
+        EVENTS_FINISHED.labels(event.provider, event.event_type, outcome).inc()
 
     async def _effect(self, connection: Any, event: Event, intent: Intent) -> str | None:
         event_ref = f"{event.provider}:{event.event_id}"

@@ -11,6 +11,7 @@ from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
 from payments_service.bot_api import BotApi
 from payments_service.downstream import Downstream
+from payments_service.metrics import watch_inbox
 from payments_service.processor import Processor
 from payments_service.servicer import PaymentsServicer
 from payments_service.store import Store
@@ -42,7 +43,7 @@ def build(settings: Settings, *, workers: int = 4) -> GrpcService:
         add_servicer=lambda server: payments_pb2_grpc.add_PaymentsServiceServicer_to_server(
             servicer, server
         ),
-        background=[processor.run_workers],
+        background=[processor.run_workers, lambda: watch_inbox(store)],
         on_stop=[close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

@@ -14,6 +14,7 @@ from paylayer.catalogue import Catalogue
 from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
 from payments_service import telegram_updates
 from payments_service.bot_api import BotApi
+from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
 from payments_service.processor import Processor
 from payments_service.store import Event, Store
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -102,6 +103,14 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self.catalogue = catalogue
         self.bot = bot
 
+    def _count(self, recorded: Event, duplicate: bool) -> None:
+        """Metrics for a delivery, and a new event goes straight to the processor."""
+        if duplicate:
+            EVENTS_DUPLICATE.labels(recorded.provider).inc()
+            return
+        EVENTS_RECEIVED.labels(recorded.provider, recorded.event_type).inc()
+        self.processor.kick(recorded.id)
+
     async def HandleStripeEvent(
         self, request: payments_pb2.HandleStripeEventRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.HandleEventResponse:
@@ -114,8 +123,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         if len(event_id) > 255 or len(event_type) > 255:
             raise InvalidArgument("event id or type is too long")
         recorded, duplicate = await self.store.record("stripe", event_id, event_type, event)
-        if not duplicate:
-            self.processor.kick(recorded.id)
+        self._count(recorded, duplicate)
         return payments_pb2.HandleEventResponse(event=event_message(recorded), duplicate=duplicate)
 
     async def HandleTelegramUpdate(
@@ -146,8 +154,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                 ),
             )
         recorded, duplicate = await self.store.record("telegram", str(update_id), kind, update)
-        if not duplicate:
-            self.processor.kick(recorded.id)
+        self._count(recorded, duplicate)
         return payments_pb2.HandleTelegramUpdateResponse(
             event=event_message(recorded), duplicate=duplicate
         )

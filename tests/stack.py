@@ -36,6 +36,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     addrs: dict[str, str]
+    metrics_addrs: dict[str, str]
     processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
 
     @property
@@ -44,9 +45,12 @@ class Stack:
 
     def start(self, name: str) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
+        env = {**self.env, "LISTEN_ADDR": self.addrs[name]}
+        if name in self.metrics_addrs:
+            env["METRICS_ADDR"] = self.metrics_addrs[name]
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", SERVICE_MODULES[name]],
-            env={**self.env, "LISTEN_ADDR": self.addrs[name]},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -80,6 +84,9 @@ class Stack:
 
 def make_stack(settings: Settings, log_dir: Path) -> Stack:
     addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICE_MODULES}
+    metrics_addrs = {
+        name: f"127.0.0.1:{free_port()}" for name in SERVICE_MODULES if name != "gateway"
+    }
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -95,4 +102,4 @@ def make_stack(settings: Settings, log_dir: Path) -> Stack:
         "SHUTDOWN_GRACE_SECONDS": str(settings.shutdown_grace_seconds),
     }
     wired = Settings.from_env(env)
-    return Stack(settings=wired, env=env, log_dir=log_dir, addrs=addrs)
+    return Stack(settings=wired, env=env, log_dir=log_dir, addrs=addrs, metrics_addrs=metrics_addrs)

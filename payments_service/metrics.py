@@ -1,0 +1,53 @@
+"""Payments' own metrics: what the inbox holds and what became of each event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Gauge
+
+from payments_service.store import Store
+
+log = logging.getLogger(__name__)
+
+EVENTS_RECEIVED = Counter(
+    "paylayer_payments_events_received_total",
+    "Events committed to the inbox, by provider and type (duplicates not counted).",
+    ["provider", "type"],
+)
+EVENTS_DUPLICATE = Counter(
+    "paylayer_payments_events_duplicate_total",
+    "Deliveries of an event already in the inbox, by provider.",
+    ["provider"],
+)
+EVENTS_FINISHED = Counter(
+    "paylayer_payments_events_finished_total",
+    "Events done with, by provider, type and outcome (processed, ignored, failed).",
+    ["provider", "type", "outcome"],
+)
+EVENT_RETRIES = Counter(
+    "paylayer_payments_event_retries_total",
+    "Attempts put off because a downstream could not answer, by provider.",
+    ["provider"],
+)
+INBOX_PENDING = Gauge("paylayer_payments_inbox_pending", "Events received and not yet applied.")
+INBOX_OLDEST_PENDING_AGE = Gauge(
+    "paylayer_payments_inbox_oldest_pending_age_seconds",
+    "Age of the oldest event not yet applied (0 when none).",
+)
+
+
+async def watch_inbox(store: Store, interval_seconds: float = 2.0) -> None:
+    """Keep the inbox gauges current; one cheap indexed query every couple of seconds."""
+    while True:
+        try:
+            depth, oldest = await store.inbox_depth()
+            INBOX_PENDING.set(depth)
+            INBOX_OLDEST_PENDING_AGE.set(
+                (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0
+            )
+        except Exception as error:  # the database may be restarting; health reports that
+            log.debug("inbox gauges not updated: %r", error)
+        await asyncio.sleep(interval_seconds)
