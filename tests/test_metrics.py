@@ -13,7 +13,7 @@ from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
-from tests.payments.helpers import post_stripe
+from tests.payments.helpers import post_stripe, wait_settled
 from tests.stack import Stack
 
 
