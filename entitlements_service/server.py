@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from entitlements_service.cache import CheckCache
 from entitlements_service.feed import ChangeFeed
@@ -15,6 +18,32 @@ from paylayer.db import create_engine
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The service without its server: what `build` wires into the kit (and benchmarks reuse)."""
+
+    engine: AsyncEngine
+    servicer: EntitlementsServicer
+    listener: ChangeListener
+    feed: ChangeFeed
+
+
+def compose(settings: Settings) -> Parts:
+    engine = create_engine(settings.database_url, application_name="entitlements")
+    catalogue = load_catalogue(settings.catalogue_path)
+    granting_tiers = {tier: catalogue.granting_tiers(tier) for tier in catalogue.tier_closure}
+    store = EntitlementStore(engine)
+
+    async def load_grants(user_id: str) -> list[Grant]:
+        return await store.grants_of_user(user_id, include_revoked=False)
+
+    cache = CheckCache(load_grants, granting_tiers)
+    feed = ChangeFeed()
+    listener = ChangeListener(settings.database_url, cache, feed)
+    servicer = EntitlementsServicer(store, cache, feed, granting_tiers)
+    return Parts(engine=engine, servicer=servicer, listener=listener, feed=feed)
 
 
 class EntitlementsService(GrpcService):
@@ -33,29 +62,18 @@ class EntitlementsService(GrpcService):
 
 
 def build(settings: Settings) -> GrpcService:
-    engine = create_engine(settings.database_url, application_name="entitlements")
-    catalogue = load_catalogue(settings.catalogue_path)
-    granting_tiers = {tier: catalogue.granting_tiers(tier) for tier in catalogue.tier_closure}
-    store = EntitlementStore(engine)
-
-    async def load_grants(user_id: str) -> list[Grant]:
-        return await store.grants_of_user(user_id, include_revoked=False)
-
-    cache = CheckCache(load_grants, granting_tiers)
-    feed = ChangeFeed()
-    listener = ChangeListener(settings.database_url, cache, feed)
-    servicer = EntitlementsServicer(store, cache, feed, granting_tiers)
+    parts = compose(settings)
     return EntitlementsService(
-        feed=feed,
+        feed=parts.feed,
         name="entitlements",
         full_service_name=entitlements_pb2.DESCRIPTOR.services_by_name[
             "EntitlementsService"
         ].full_name,
         internal_token=settings.internal_token,
-        engine=engine,
+        engine=parts.engine,
         add_servicer=lambda server: entitlements_pb2_grpc.add_EntitlementsServiceServicer_to_server(
-            servicer, server
+            parts.servicer, server
         ),
-        background=[listener.run],
+        background=[parts.listener.run],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )
