@@ -368,6 +368,13 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "all_rounds": rounds,
         "ratio": ratio,
         "ratio_without_kit": round(without_kit["calls_per_second"] / bare["calls_per_second"], 3),
+        # What the ratio would be were the servers, not the load process, the limit.
+        "server_cpu_ratio": round(
+            bare["server_cpu_us_per_call"] / check["server_cpu_us_per_call"], 3
+        ),
+        "server_cpu_ratio_without_kit": round(
+            bare["server_cpu_us_per_call"] / without_kit["server_cpu_us_per_call"], 3
+        ),
         "bar": {"ratio_at_least": BAR_RATIO, "p99_ms_at_most": BAR_P99_MS},
         "passed": ratio >= BAR_RATIO and check["p99_ms"] <= BAR_P99_MS and not check["errors"],
     }
