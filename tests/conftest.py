@@ -11,6 +11,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +26,9 @@ from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack, make_stack
 
 INTERNAL_TOKEN = "test-internal-" + secrets.token_hex(8)
+# Every stack's process logs, scanned for secrets when the run ends.
+STACK_LOG_DIRS: list[Path] = []
+KNOWN_SECRETS: list[str] = []
 
 
 def _plain(url: str) -> str:
@@ -43,23 +47,48 @@ def admin_database_url() -> Iterator[str]:
     server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def database_url(admin_database_url: str) -> Iterator[str]:
-    """A fresh database for this test run, migrated to head, dropped at the end."""
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A database of its own on the server of `admin_url`, migrated to head, dropped after."""
     name = f"paylayer_test_{os.getpid()}_{secrets.token_hex(3)}"
 
     async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(admin_database_url)
+        connection = await asyncpg.connect(admin_url)
         try:
             await connection.execute(sql)
         finally:
             await connection.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = with_database(admin_database_url, name)
-    upgrade_all(url)
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    url = with_database(admin_url, name)
+    try:
+        upgrade_all(url)
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_database_url: str) -> Iterator[str]:
+    """A fresh database for this test run."""
+    with fresh_database(admin_database_url) as url:
+        yield url
+
+
+def make_settings(database_url: str, bot_api: FakeBotApi) -> Settings:
+    """Settings for a stack of our own: fresh secrets, the local Bot API, the test catalogue."""
+    settings = Settings(
+        database_url=database_url,
+        internal_token=INTERNAL_TOKEN,
+        stripe_webhook_secrets=("whsec_test_" + secrets.token_hex(16),),
+        telegram_webhook_secret="tg-secret-" + secrets.token_hex(8),
+        telegram_bot_token=BOT_TOKEN,
+        telegram_api_base=bot_api.base_url,
+        catalogue_path=REPO_ROOT / "tests" / "catalogue.yaml",
+        shutdown_grace_seconds=2.0,
+    )
+    KNOWN_SECRETS.extend(settings.secrets())
+    return settings
 
 
 BOT_TOKEN = "123456:TEST-" + secrets.token_hex(8)
@@ -76,16 +105,7 @@ def bot_api() -> Iterator[FakeBotApi]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, bot_api: FakeBotApi) -> Settings:
-    return Settings(
-        database_url=database_url,
-        internal_token=INTERNAL_TOKEN,
-        stripe_webhook_secrets=("whsec_test_" + secrets.token_hex(16),),
-        telegram_webhook_secret="tg-secret-" + secrets.token_hex(8),
-        telegram_bot_token=BOT_TOKEN,
-        telegram_api_base=bot_api.base_url,
-        catalogue_path=REPO_ROOT / "tests" / "catalogue.yaml",
-        shutdown_grace_seconds=2.0,
-    )
+    return make_settings(database_url, bot_api)
 
 
 @pytest.fixture(scope="session")
@@ -96,10 +116,11 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
     """All four services as separate processes on free ports, up and healthy."""
-    running = make_stack(settings, tmp_path_factory.mktemp("stack-logs"))
+    running = make_stack(settings, log_dir)
+    STACK_LOG_DIRS.append(log_dir)
     for name in ("accounts", "entitlements", "payments", "gateway"):
         running.start(name)
     try:
@@ -108,3 +129,26 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         for name in reversed(list(running.processes)):
             running.stop(name)
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(settings, tmp_path_factory.mktemp("stack-logs")) as running:
+        yield running
+
+
+def secrets_in(text: str, secrets_: list[str]) -> list[str]:
+    return [secret for secret in secrets_ if secret and secret in text]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Secrets never reach a log line: scan every process log this run wrote."""
+    leaks = []
+    for log_dir in STACK_LOG_DIRS:
+        for path in log_dir.glob("*.log"):
+            found = secrets_in(path.read_text(errors="replace"), KNOWN_SECRETS)
+            if found:
+                leaks.append(f"{path}: {len(found)} secret(s)")
+    if leaks:
+        print("\nSECRETS FOUND IN LOGS:\n" + "\n".join(leaks))
+        session.exitstatus = 1
