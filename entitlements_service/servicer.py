@@ -54,6 +54,9 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             raise InvalidArgument("user_id is required (at most 256 characters)")
         if entitlement not in self._granting_tiers:
             raise InvalidArgument(self._unknown_entitlement(entitlement))
+        remembered = self._cache.answer_from_memory(user_id, entitlement)
+        if remembered is not None:
+            return remembered
         return await self._cache.check(user_id, entitlement)
 
     async def ListEntitlements(
