@@ -80,6 +80,24 @@ def _json_object(payload: bytes, what: str) -> dict[str, Any]:
     return parsed
 
 
+PROVIDERS = ("stripe", "telegram")
+MAX_TEXT = 255
+
+
+def _text(name: str, value: str, *, required: bool = False) -> str:
+    if required and not value:
+        raise InvalidArgument(f"{name} is required")
+    if len(value) > MAX_TEXT:
+        raise InvalidArgument(f"{name} is longer than {MAX_TEXT} characters")
+    return value
+
+
+def _provider(value: str, *, required: bool = False) -> str:
+    if (value or required) and value not in PROVIDERS:
+        raise InvalidArgument(f"provider must be one of {', '.join(PROVIDERS)}")
+    return value
+
+
 def _page_size(requested: int) -> int:
     if requested < 0:
         raise InvalidArgument("page_size must not be negative")
@@ -89,7 +107,7 @@ def _page_size(requested: int) -> int:
 def _page_token(token: str) -> int | None:
     if not token:
         return None
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit() and len(token) <= 18):
         raise InvalidArgument("page_token is not one this service gave")
     return int(token)
 
@@ -170,8 +188,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         limit = _page_size(request.page_size)
         events = await self.store.list_events(
             status=_STATUS_BY_ENUM.get(request.status, ""),
-            event_type=request.event_type,
-            provider=request.provider,
+            event_type=_text("event_type", request.event_type),
+            provider=_provider(request.provider),
             limit=limit,
             before_id=_page_token(request.page_token),
         )
@@ -183,8 +201,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def ReplayEvent(
         self, request: payments_pb2.ReplayEventRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ReplayEventResponse:
-        if not request.provider or not request.event_id:
-            raise InvalidArgument("provider and event_id are required")
+        _provider(request.provider, required=True)
+        _text("event_id", request.event_id, required=True)
         replayed = await self.store.replay(request.provider, request.event_id)
         if replayed is None:
             existing = await self.store.get_event(request.provider, request.event_id)
@@ -203,7 +221,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         limit = _page_size(request.page_size)
         offset = _page_token(request.page_token) or 0
         rows = await self.store.list_payments(
-            user_id=request.user_id, provider=request.provider, limit=limit, offset=offset
+            user_id=_text("user_id", request.user_id),
+            provider=_provider(request.provider),
+            limit=limit,
+            offset=offset,
         )
         return payments_pb2.ListPaymentsResponse(
             payments=[payment_message(row) for row in rows],
@@ -213,8 +234,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def CreateInvoiceLink(
         self, request: payments_pb2.CreateInvoiceLinkRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreateInvoiceLinkResponse:
+        _text("user_id", request.user_id, required=True)
         if request.sku not in self.catalogue.skus:
-            raise InvalidArgument(f"unknown sku {request.sku!r}")
+            raise InvalidArgument(f"unknown sku {_text('sku', request.sku)!r}")
         url, payload = await self.bot.create_invoice_link(
             self.catalogue.skus[request.sku], request.user_id
         )
@@ -225,6 +247,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     ) -> payments_pb2.RefundPaymentResponse:
         if request.provider != "telegram":
             raise InvalidArgument("only Telegram Stars payments are refunded from here")
+        _text("payment_key", request.payment_key, required=True)
         purchase = await self.store.telegram_purchase(request.payment_key)
         if purchase is None or not isinstance(purchase.get("telegram_user_id"), int):
             raise NotFound(f"no Stars payment {request.payment_key}")

@@ -27,8 +27,12 @@ GRANTING = {
 }
 
 
+# Beyond these a timestamp is nonsense (and datetime would raise): treat it as absent.
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31
+
+
 def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP:
         return datetime.fromtimestamp(value, UTC)
     return None
 
@@ -41,7 +45,10 @@ def _text(value: Any) -> str | None:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """An amount: a non-negative int64, else 0 (Stripe never sends more)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return 0
 
 
 def payment_key(obj: dict[str, Any]) -> str:
@@ -67,6 +74,13 @@ def _metadata(*sources: Any) -> dict[str, str]:
     return merged
 
 
+def _telegram_id(text: str) -> int | None:
+    """A Telegram user id: plain ASCII digits, positive, and small enough for an int64."""
+    if text.isascii() and text.isdigit() and len(text) <= 18 and int(text) > 0:
+        return int(text)
+    return None
+
+
 def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
     """`metadata.user_id`, else `metadata.telegram_user_id`, else `client_reference_id`, else
     a customer already linked to a user."""
@@ -75,15 +89,17 @@ def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
         return Payer(user_id=metadata["user_id"], customer=customer)
     telegram_user_id = metadata.get("telegram_user_id", "").strip()
     if telegram_user_id:
-        if not telegram_user_id.isdigit():
-            raise Unprocessable(f"metadata.telegram_user_id is not a number: {telegram_user_id!r}")
-        return Payer(telegram_user_id=int(telegram_user_id), customer=customer)
+        if _telegram_id(telegram_user_id) is None:
+            raise Unprocessable(
+                f"metadata.telegram_user_id is not a Telegram id: {telegram_user_id[:40]!r}"
+            )
+        return Payer(telegram_user_id=_telegram_id(telegram_user_id), customer=customer)
     reference = obj.get("client_reference_id")
     if isinstance(reference, str) and reference.strip():
         reference = reference.strip()
         # The Mini App puts the buyer's Telegram id here; other integrations put our user id.
-        if reference.isdigit():
-            return Payer(telegram_user_id=int(reference), customer=customer)
+        if _telegram_id(reference) is not None:
+            return Payer(telegram_user_id=_telegram_id(reference), customer=customer)
         return Payer(user_id=reference, customer=customer)
     if customer:
         return Payer(customer=customer)

@@ -76,17 +76,22 @@ def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerd
     return PreCheckoutVerdict(True)
 
 
+# Beyond these a timestamp is nonsense (and datetime would raise): treat it as absent.
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31
+
+
 def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP:
         return datetime.fromtimestamp(value, UTC)
     return None
 
 
 def _user_id(container: dict[str, Any]) -> int:
     user = container.get("from") or container.get("user")
-    if not isinstance(user, dict) or not isinstance(user.get("id"), int):
+    user_id = user.get("id") if isinstance(user, dict) else None
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id < 2**63:
         raise Unprocessable("update names no user")
-    return int(user["id"])
+    return user_id
 
 
 def subscription_id(telegram_user_id: int, sku: Sku) -> str:
@@ -127,7 +132,8 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
         if not isinstance(charge_id, str) or not charge_id:
             raise Unprocessable("refunded_payment has no telegram_payment_charge_id")
         amount = refund.get("total_amount")
-        return Revoke(PROVIDER, charge_id, "refunded", amount if isinstance(amount, int) else 0)
+        in_range = isinstance(amount, int) and not isinstance(amount, bool) and 0 <= amount < 2**63
+        return Revoke(PROVIDER, charge_id, "refunded", amount if in_range else 0)
     if kind == "subscription":
         subscription = update["subscription"]
         state = subscription.get("state")
