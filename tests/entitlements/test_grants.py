@@ -115,7 +115,7 @@ async def test_revoking_one_grant_removes_its_time_and_the_others_keep_theirs(
 
 
 async def test_a_refund_before_its_payment_leaves_no_access(
-    stub: EntitlementsServiceStub,
+    stub: EntitlementsServiceStub, engine: AsyncEngine
 ) -> None:
     user = new_user()
     payment = paid(user, days=30)
@@ -129,6 +129,17 @@ async def test_a_refund_before_its_payment_leaves_no_access(
     # And the refund, repeated, still changes nothing.
     again = await stub.RevokeEntitlement(revoke_of(payment))
     assert again.grant.revoked and not again.tombstone
+    async with engine.connect() as connection:
+        actions = list(
+            await connection.scalars(
+                text(
+                    "SELECT action FROM entitlements.audit WHERE reference = :reference"
+                    " ORDER BY audit_id"
+                ),
+                {"reference": payment.source.reference},
+            )
+        )
+    assert actions == ["tombstone", "grant_after_revoke"]
 
 
 async def test_vip_passes_a_premium_check_but_premium_never_passes_vip(
