@@ -1,0 +1,142 @@
+"""SIGTERM under load drains cleanly; a crash between two steps still ends in one effect."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paylayer.catalogue import load_catalogue
+from paylayer.cli.trigger import stripe_event
+from payments_service.tables import inbox, payments
+from tests.faults.load import Load, Purchase, assert_each_took_effect_once, settle
+from tests.payments.helpers import check, eventually, post_stripe, user_of_telegram
+from tests.stack import Stack
+
+pytestmark = pytest.mark.faults
+
+
+async def next_health_statuses(addr: str, statuses: list[int], watching: asyncio.Event) -> None:
+    """Record every status the service announces until its stream ends."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="")
+        )
+        try:
+            async for reply in stream:
+                statuses.append(reply.status)
+                watching.set()
+        except grpc.aio.AioRpcError:
+            pass
+
+
+@pytest.mark.parametrize("service", ["payments", "entitlements", "accounts", "gateway"])
+async def test_sigterm_under_load_drains_then_every_event_takes_effect_once(
+    fault_stack: Stack, fault_engine: AsyncEngine, service: str
+) -> None:
+    load = Load(fault_stack, rate_per_second=20, redeliver=True)
+    sending = asyncio.create_task(load.run())
+    await asyncio.sleep(2)
+    statuses: list[int] = []
+    watching = asyncio.Event()
+    watcher = None
+    if service != "gateway":
+        watcher = asyncio.create_task(
+            next_health_statuses(fault_stack.addrs[service], statuses, watching)
+        )
+        await asyncio.wait_for(watching.wait(), 5)
+    exit_code = await asyncio.to_thread(fault_stack.stop, service, signal.SIGTERM)
+    if watcher is not None:
+        await asyncio.wait_for(watcher, 5)
+    fault_stack.start(service)
+    await fault_stack.up()
+    await asyncio.sleep(2)
+    load.stop()
+    await sending
+
+    assert exit_code == 0, f"{service} did not exit cleanly on SIGTERM"
+    if service != "gateway":
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING, statuses
+    answers = {status for purchase in load.purchases for status in purchase.statuses}
+    assert answers <= {200, 503, 0}, f"unexpected answers: {answers}"  # 0: connection refused
+    assert all(p.delivered for p in load.purchases)
+    await settle(fault_engine, load.purchases, within=60)
+    await assert_each_took_effect_once(fault_stack, load.purchases)
+
+
+async def test_killed_after_the_inbox_commit_and_before_the_grant(
+    fault_stack: Stack, fault_engine: AsyncEngine
+) -> None:
+    """Events committed while entitlements is down, then payments killed: applied after restart."""
+    fault_stack.stop("entitlements", signal.SIGKILL)
+    catalogue = load_catalogue(fault_stack.settings.catalogue_path)
+    purchases = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(10):
+            buyer = secrets.randbelow(10**12) + 10**9
+            event = stripe_event(
+                "checkout.session.completed", catalogue, sku="premium_30d", telegram_user_id=buyer
+            )
+            assert (await post_stripe(http, fault_stack, event))[0] == 200
+            purchases.append(Purchase("stripe", event["id"], buyer, [200]))
+    fault_stack.stop("payments", signal.SIGKILL)
+    fault_stack.start("entitlements")
+    fault_stack.start("payments")
+    await fault_stack.up()
+    await settle(fault_engine, purchases, within=60)
+    await assert_each_took_effect_once(fault_stack, purchases)
+
+
+async def test_killed_after_the_grant_and_before_the_commit(
+    fault_stack: Stack, fault_engine: AsyncEngine
+) -> None:
+    """The worst moment: the grant is made, the inbox row not yet marked. The retry must not
+    grant twice. A transaction of this test holds the payment's row, so payments blocks right
+    after the grant, and is killed there."""
+    catalogue = load_catalogue(fault_stack.settings.catalogue_path)
+    buyer, intent = secrets.randbelow(10**12) + 10**9, f"pi_{secrets.token_hex(8)}"
+    event = stripe_event(
+        "checkout.session.completed",
+        catalogue,
+        sku="premium_30d",
+        telegram_user_id=buyer,
+        payment_intent=intent,
+    )
+    async with fault_engine.connect() as blocker:
+        await blocker.execute(
+            text(
+                "INSERT INTO payments.payments (provider, payment_key, status)"
+                " VALUES ('stripe', :key, 'failed')"
+            ),
+            {"key": intent},
+        )
+        async with aiohttp.ClientSession() as http:
+            assert (await post_stripe(http, fault_stack, event))[0] == 200
+        user_id = await user_of_telegram(fault_stack, buyer)
+        granted = await eventually(
+            lambda: check(fault_stack, user_id, "premium"), lambda r: r.active
+        )
+        assert granted.active, "the grant was never made"
+        async with fault_engine.connect() as observer:
+            status = await observer.scalar(
+                select(inbox.c.status).where(inbox.c.event_id == event["id"])
+            )
+        assert status == "pending", "payments got past the point where it should be blocked"
+        fault_stack.stop("payments", signal.SIGKILL)
+        await blocker.rollback()
+    fault_stack.start("payments")
+    await fault_stack.up()
+    await settle(fault_engine, [Purchase("stripe", event["id"], buyer, [200])], within=60)
+    await assert_each_took_effect_once(fault_stack, [Purchase("stripe", event["id"], buyer, [200])])
+    async with fault_engine.connect() as connection:
+        row = (
+            await connection.execute(select(payments).where(payments.c.payment_key == intent))
+        ).one()
+    assert (row.status, row.amount) == ("succeeded", 2900)
