@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_SECONDS = 0.1
 STATEMENT_TIMEOUT_SECONDS = 2.0
 RECONNECT_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0)
+UNANSWERED_HEARTBEATS_BEFORE_RECONNECT = 30
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -70,6 +71,9 @@ class ChangeListener:
 
     async def _beat(self, connection: asyncpg.Connection) -> None:
         while not connection.is_closed():
+            if len(self._sent) > UNANSWERED_HEARTBEATS_BEFORE_RECONNECT:
+                # Open but deaf (a proxy, a stuck backend): only a new connection can tell.
+                raise TimeoutError("heartbeats are not coming back")
             self._sequence += 1
             self._sent[self._sequence] = time.monotonic()
             await connection.execute(
