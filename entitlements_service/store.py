@@ -6,18 +6,21 @@ a replica hears of a change exactly when it becomes visible, never before.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, exc, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from entitlements_service import wire
 from entitlements_service.rules import Grant, Source
 from entitlements_service.tables import CHANGES_CHANNEL, audit, grants
+from paylayer.errors import Unavailable
 from protos.entitlements.v1 import entitlements_pb2
 
 # Everything a revoke can fill into an existing row (or a new tombstone).
@@ -51,10 +54,31 @@ class RevokeOutcome:
     changed: bool
 
 
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _unavailable_when_unreachable(method: Method) -> Method:
+    """A database that cannot be reached is UNAVAILABLE (callers retry), not INTERNAL."""
+
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (OSError, TimeoutError, exc.TimeoutError, exc.InterfaceError) as error:
+            raise Unavailable("the entitlements database cannot be reached") from error
+        except exc.DBAPIError as error:
+            if error.connection_invalidated or isinstance(error, exc.OperationalError):
+                raise Unavailable("the entitlements database cannot be reached") from error
+            raise
+
+    return call  # type: ignore[return-value]
+
+
 class EntitlementStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @_unavailable_when_unreachable
     async def grant(self, new: Grant) -> tuple[Grant, bool]:
         """Record `new` unless its source is known. Returns the grant that stands, and created.
 
@@ -91,6 +115,7 @@ class EntitlementStore:
                 await _notify(connection, "grant", stored)
             return stored, created
 
+    @_unavailable_when_unreachable
     async def revoke(self, revocation: Revocation) -> RevokeOutcome:
         tombstone_id = uuid.uuid4()
         revoke_values: dict[str, Any] = {
@@ -148,6 +173,7 @@ class EntitlementStore:
             await _notify(connection, "revoke", revoked)
             return RevokeOutcome(revoked, tombstone=False, changed=True)
 
+    @_unavailable_when_unreachable
     async def grants_of_user(self, user_id: str, *, include_revoked: bool) -> list[Grant]:
         query = select(grants).where(grants.c.user_id == user_id)
         if not include_revoked:

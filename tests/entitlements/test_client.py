@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from dataclasses import replace
 from datetime import UTC
 
 import grpc
@@ -106,3 +107,18 @@ async def test_the_local_cache_sees_a_revoke_made_elsewhere_within_a_second(
         while (await reader.check(user, "premium")).active:
             assert time.monotonic() - started < 1.0
             await asyncio.sleep(0.01)
+
+
+async def test_a_service_without_its_database_answers_unavailable_so_callers_retry(
+    settings: Settings,
+) -> None:
+    unreachable = replace(
+        settings, database_url=f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere"
+    )
+    async with (
+        serving(build(unreachable)) as addr,
+        EntitlementsClient(addr, settings.internal_token, deadline=8.0, attempts=2) as client,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.check(new_user(), "premium")
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
