@@ -93,6 +93,12 @@ class ChangeListener:
             if replica == self._replica:
                 self._heard_heartbeat(int(sequence))
             return
+        if payload.startswith(wire.USER_CHANGED_PREFIX):
+            self._cache.invalidate(payload[len(wire.USER_CHANGED_PREFIX) :])
+            return
+        if payload == wire.ALL_CHANGED:
+            self._cache.invalidate_all()
+            return
         try:
             change = wire.parse_change_notice(payload)
         except Exception:

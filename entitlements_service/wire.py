@@ -10,9 +10,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements_service.rules import Answer, Grant, Window
 from protos.entitlements.v1 import entitlements_pb2
 
-# A heartbeat notice is "hb:<replica>:<sequence>"; a change notice is a base64 EntitlementChange
-# (the base64 alphabet has no colon, so the two never mix).
-HEARTBEAT_PREFIX = "hb:"
+# Notices on the changes channel. A change notice is a base64 EntitlementChange, sent by the
+# service; the others start with a prefix (the base64 alphabet has no colon, so none can mix):
+HEARTBEAT_PREFIX = "hb:"  # hb:<replica>:<sequence>, a listener proving it hears
+USER_CHANGED_PREFIX = "user:"  # user:<user_id>, from the grants table's trigger
+ALL_CHANGED = "all:"  # the grants table was truncated
 
 
 def timestamp(moment: datetime) -> Timestamp:

@@ -193,3 +193,21 @@ async def test_stopping_a_replica_ends_its_watch_streams_at_once(settings: Setti
             await call.read()
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert stopped_in < settings.shutdown_grace_seconds
+
+
+async def test_a_grant_revoked_by_hand_in_sql_is_seen_within_a_second(
+    replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub], engine: AsyncEngine
+) -> None:
+    """An operator's UPDATE bypasses the service; the table's trigger still tells every cache."""
+    a, b = replicas
+    user = new_user()
+    await a.GrantEntitlement(paid(user, days=30))
+    for stub in (a, b):
+        assert (await stub.CheckEntitlement(check(user))).active
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE entitlements.grants SET revoked_at = now() WHERE user_id = :user"),
+            {"user": user},
+        )
+    for stub in (a, b):
+        assert await _seconds_until_inactive(stub, user) < STALE_AT_MOST_SECONDS

@@ -56,6 +56,42 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.create_index("ix_grants_user_id", "grants", ["user_id"], schema=SCHEMA)
+    # Every change to a grant row tells each replica's cache, whoever makes it: the service
+    # (which also sends the full change, for watchers) or an operator fixing data by hand.
+    op.execute(
+        f"""
+        CREATE FUNCTION {SCHEMA}.grants_changed() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'TRUNCATE' THEN
+                PERFORM pg_notify('entitlements_changes', 'all:');
+                RETURN NULL;
+            END IF;
+            IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.user_id IS NOT NULL THEN
+                PERFORM pg_notify('entitlements_changes', 'user:' || OLD.user_id);
+            END IF;
+            IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.user_id IS NOT NULL THEN
+                PERFORM pg_notify('entitlements_changes', 'user:' || NEW.user_id);
+            END IF;
+            RETURN NULL;
+        END;
+        $$
+        """
+    )
+    op.execute(
+        f"""
+        CREATE TRIGGER grants_changed
+        AFTER INSERT OR UPDATE OR DELETE ON {SCHEMA}.grants
+        FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.grants_changed()
+        """
+    )
+    op.execute(
+        f"""
+        CREATE TRIGGER grants_truncated
+        AFTER TRUNCATE ON {SCHEMA}.grants
+        FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.grants_changed()
+        """
+    )
 
     op.create_table(
         "audit",
@@ -115,3 +151,4 @@ def downgrade() -> None:
     op.execute(f"DROP FUNCTION {SCHEMA}.audit_is_append_only()")
     op.drop_index("ix_grants_user_id", table_name="grants", schema=SCHEMA)
     op.drop_table("grants", schema=SCHEMA)
+    op.execute(f"DROP FUNCTION {SCHEMA}.grants_changed()")
