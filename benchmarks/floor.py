@@ -6,7 +6,6 @@ the real stack runs here: it is what one aiohttp process can do at best.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 
@@ -30,7 +29,7 @@ def init_app(settings: Settings) -> web.Application:
             await connection.execute(
                 text(
                     "CREATE TABLE IF NOT EXISTS bench_floor.inbox "
-                    "(event_id text PRIMARY KEY, payload jsonb NOT NULL)"
+                    "(event_id text PRIMARY KEY, payload bytea NOT NULL)"
                 )
             )
         # One statement, one transaction, no BEGIN/COMMIT round trips: as the inbox does it.
@@ -53,9 +52,9 @@ def init_app(settings: Settings) -> web.Application:
             await connection.execute(
                 text(
                     "INSERT INTO bench_floor.inbox (event_id, payload)"
-                    " VALUES (:id, CAST(:payload AS jsonb)) ON CONFLICT DO NOTHING"
+                    " VALUES (:id, :payload) ON CONFLICT DO NOTHING"
                 ),
-                {"id": event["id"], "payload": json.dumps(event)},
+                {"id": event["id"], "payload": body},
             )
         return web.json_response({"received": True})
 

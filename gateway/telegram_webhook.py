@@ -48,7 +48,7 @@ async def telegram_webhook(request: web.Request) -> web.Response:
         return web.json_response({"error": "body over 1 MiB"}, status=413)
     try:
         update = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         update = None
     if not (
         isinstance(update, dict)

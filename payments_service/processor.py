@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from datetime import timedelta
@@ -45,10 +46,16 @@ def backoff(attempts: int) -> timedelta:
 
 
 def interpret(event: Event, catalogue: Catalogue) -> Intent:
+    try:
+        body = json.loads(event.payload)
+    except (ValueError, RecursionError):
+        raise Unprocessable("stored body is not JSON") from None
+    if not isinstance(body, dict):
+        raise Unprocessable("stored body is not a JSON object")
     if event.provider == stripe_events.PROVIDER:
-        return stripe_events.interpret(event.payload, catalogue)
+        return stripe_events.interpret(body, catalogue)
     if event.provider == telegram_updates.PROVIDER:
-        return telegram_updates.interpret(event.payload, catalogue)
+        return telegram_updates.interpret(body, catalogue)
     raise Unprocessable(f"unknown provider {event.provider!r}")
 
 

@@ -73,7 +73,7 @@ def payment_message(row: dict[str, Any]) -> payments_pb2.Payment:
 def _json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
         parsed = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidArgument(f"{what} is not JSON") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument(f"{what} is not a JSON object")
@@ -140,7 +140,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             raise InvalidArgument("a Stripe event needs a string id and type")
         if len(event_id) > 255 or len(event_type) > 255:
             raise InvalidArgument("event id or type is too long")
-        recorded, duplicate = await self.store.record("stripe", event_id, event_type, event)
+        recorded, duplicate = await self.store.record(
+            "stripe", event_id, event_type, request.payload
+        )
         self._count(recorded, duplicate)
         return payments_pb2.HandleEventResponse(event=event_message(recorded), duplicate=duplicate)
 
@@ -171,7 +173,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                     error_message=verdict.error_message,
                 ),
             )
-        recorded, duplicate = await self.store.record("telegram", str(update_id), kind, update)
+        recorded, duplicate = await self.store.record(
+            "telegram", str(update_id), kind, request.payload
+        )
         self._count(recorded, duplicate)
         return payments_pb2.HandleTelegramUpdateResponse(
             event=event_message(recorded), duplicate=duplicate
@@ -260,7 +264,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             int(purchase.get("total_amount") or 0),
         )
         event, _ = await self.store.record(
-            "telegram", f"refund-{request.payment_key}", "refunded_payment", refund
+            "telegram",
+            f"refund-{request.payment_key}",
+            "refunded_payment",
+            json.dumps(refund).encode(),
         )
         await self.processor.process(event.id)
         payment = await self.store.get_payment(request.provider, request.payment_key)
@@ -281,7 +288,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             if await self.store.has_payment("telegram", charge_id):
                 continue
             event, duplicate = await self.store.record(
-                "telegram", f"reconcile-{charge_id}", "successful_payment", update
+                "telegram",
+                f"reconcile-{charge_id}",
+                "successful_payment",
+                json.dumps(update).encode(),
             )
             if not duplicate:
                 recorded += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class Event:
     provider: str
     event_id: str
     event_type: str
-    payload: dict[str, Any]
+    payload: bytes  # the raw JSON body
     status: str
     error: str
     attempts: int
@@ -153,7 +154,7 @@ class Store:
         provider: str,
         event_id: str,
         event_type: str,
-        payload: dict[str, Any],
+        payload: bytes,
         status: str = "pending",
     ) -> tuple[Event, bool]:
         """Commit the event once; a second delivery returns the first, marked duplicate."""
@@ -351,9 +352,10 @@ class Store:
                 )
                 .limit(1)
             )
-        if not isinstance(payload, dict):
+        if payload is None:
             return None
-        message = payload.get("message") or {}
+        update = json.loads(payload)
+        message = update.get("message") or {}
         return {
             "telegram_user_id": (message.get("from") or {}).get("id"),
             **(message.get("successful_payment") or {}),

@@ -149,37 +149,38 @@ def _grant(
     )
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """Nested objects as Stripe sends them; anything else (a bad or future shape) as empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[dict[str, Any]]:
+    data = _dict(value).get("data")
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
 def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) -> Intent:
-    lines = obj.get("lines", {}).get("data", []) if isinstance(obj.get("lines"), dict) else []
-    lines = [line for line in lines if isinstance(line, dict)]
-    ends = [_timestamp((line.get("period") or {}).get("end")) for line in lines]
+    lines = _list(obj.get("lines"))
+    ends = [_timestamp(_dict(line.get("period")).get("end")) for line in lines]
     until = max((end for end in ends if end), default=None)
     if until is None:
         raise Unprocessable("invoice has no line with a period end")
-    parent: dict[str, Any] = obj["parent"] if isinstance(obj.get("parent"), dict) else {}
-    subscription_details = (
-        parent.get("subscription_details") or obj.get("subscription_details") or {}
+    # Newer API versions moved the subscription under `parent`; older ones keep it on top.
+    subscription_details = _dict(_dict(obj.get("parent")).get("subscription_details")) or _dict(
+        obj.get("subscription_details")
     )
     subscription_id = _text(obj.get("subscription")) or _text(
         subscription_details.get("subscription")
     )
     first_line = lines[0] if lines else {}
-    price: dict[str, Any] = first_line["price"] if isinstance(first_line.get("price"), dict) else {}
     amount = (
-        _int(price.get("unit_amount"))
+        _int(_dict(first_line.get("price")).get("unit_amount"))
         or _int(first_line.get("amount"))
         or _int(obj.get("amount_paid"))
     )
     # The invoice's payment intent keys it like the charge that paid it: one purchase, one grant.
-    payments = (
-        obj.get("payments", {}).get("data", []) if isinstance(obj.get("payments"), dict) else []
-    )
     intent_of_payment = next(
-        (
-            _text((p.get("payment") or {}).get("payment_intent"))
-            for p in payments
-            if isinstance(p, dict)
-        ),
+        (_text(_dict(p.get("payment")).get("payment_intent")) for p in _list(obj.get("payments"))),
         None,
     )
     key = _text(obj.get("payment_intent")) or intent_of_payment or _text(obj.get("id"))
@@ -190,13 +191,10 @@ def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) 
         obj,
         key,
         amount,
-        purchased_at=_timestamp((obj.get("status_transitions") or {}).get("paid_at")) or created,
+        purchased_at=_timestamp(_dict(obj.get("status_transitions")).get("paid_at")) or created,
         until=until,
         subscription_id=subscription_id,
-        extra_metadata=(
-            subscription_details.get("metadata"),
-            first_line.get("metadata"),
-        ),
+        extra_metadata=(subscription_details.get("metadata"), first_line.get("metadata")),
     )
 
 

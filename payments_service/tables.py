@@ -7,6 +7,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -15,7 +16,6 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 SCHEMA = "payments"
 metadata = MetaData(schema=SCHEMA)
@@ -30,7 +30,8 @@ inbox = Table(
     Column("provider", Text, nullable=False),
     Column("event_id", Text, nullable=False),
     Column("event_type", Text, nullable=False),
-    Column("payload", JSONB, nullable=False),
+    # The verified body exactly as it came: faithful, and no JSON re-encoding on the hot path.
+    Column("payload", LargeBinary, nullable=False),
     Column("status", Text, nullable=False, server_default="pending"),
     Column("error", Text, nullable=False, server_default=""),
     Column("attempts", Integer, nullable=False, server_default="0"),

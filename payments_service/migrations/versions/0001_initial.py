@@ -5,7 +5,6 @@ Revision ID: 0001
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0001"
 down_revision = None
@@ -22,7 +21,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.Text, nullable=False),
         sa.Column("event_id", sa.Text, nullable=False),
         sa.Column("event_type", sa.Text, nullable=False),
-        sa.Column("payload", JSONB, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
         sa.Column("status", sa.Text, nullable=False, server_default="pending"),
         sa.Column("error", sa.Text, nullable=False, server_default=""),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

@@ -1,0 +1,302 @@
+"""Bad input, fuzzed: webhooks never answer 500 or crash, and bad gRPC arguments are the
+caller's error (INVALID_ARGUMENT), never ours."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from paylayer.catalogue import Catalogue, load_catalogue
+from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
+from payments_service import stripe_events, telegram_updates
+from payments_service.intents import Unprocessable
+from protos.accounts.v1 import accounts_pb2
+from protos.entitlements.v1 import entitlements_pb2
+from protos.payments.v1 import payments_pb2
+from tests.stack import Stack
+
+pytestmark = pytest.mark.faults
+
+EXAMPLES = 750
+# What an HTTP client can put in a header at all (no CR or LF); the rest is fair game.
+header_text = st.text(
+    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=80
+)
+TRIED: dict[str, int] = {}
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+# Real shapes with their leaves replaced: reaches far deeper than random JSON alone.
+STRIPE_TYPES = [
+    "charge.succeeded",
+    "charge.refunded",
+    "charge.failed",
+    "charge.dispute.created",
+    "payment_intent.succeeded",
+    "checkout.session.completed",
+    "invoice.paid",
+    "customer.subscription.deleted",
+]
+
+
+def mutate(value: Any, data: st.DataObject) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: mutate(v, data) if data.draw(st.booleans()) else data.draw(json_values)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mutate(v, data) for v in value]
+    return data.draw(json_values) if data.draw(st.integers(0, 3)) == 0 else value
+
+
+@pytest.fixture(scope="module")
+def catalogue(stack: Stack) -> Catalogue:
+    return load_catalogue(stack.settings.catalogue_path)
+
+
+class Gateway:
+    """A keep-alive HTTP connection, as a provider's sender would hold."""
+
+    def __init__(self, stack: Stack) -> None:
+        host, port = stack.addrs["gateway"].split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=10)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        self.connection.request("POST", path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
+
+
+# --- the routing rules, in-process: every input is an intent or a reasoned failure -----------
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_stripe_event_is_an_intent_or_a_reasoned_failure(
+    catalogue: Catalogue, data: st.DataObject
+) -> None:
+    event = mutate(
+        stripe_event(
+            data.draw(st.sampled_from(STRIPE_TYPES)),
+            catalogue,
+            sku="premium_30d",
+            telegram_user_id=1,
+        ),
+        data,
+    )
+    TRIED["stripe_rules"] = TRIED.get("stripe_rules", 0) + 1
+    try:
+        stripe_events.interpret(event, catalogue)
+    except Unprocessable:
+        pass
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_telegram_update_is_an_intent_or_a_reasoned_failure(
+    catalogue: Catalogue, data: st.DataObject
+) -> None:
+    kind = data.draw(st.sampled_from(["pre-checkout", "payment", "refund", "subscription"]))
+    update = mutate(telegram_update(kind, catalogue, telegram_user_id=5, sku="vip_30d"), data)
+    TRIED["telegram_rules"] = TRIED.get("telegram_rules", 0) + 1
+    if isinstance(update, dict) and isinstance(update.get("pre_checkout_query"), dict):
+        telegram_updates.pre_checkout(catalogue, update["pre_checkout_query"])
+    try:
+        telegram_updates.interpret(update if isinstance(update, dict) else {}, catalogue)
+    except Unprocessable:
+        pass
+
+
+# --- over HTTP, through the real gateway and payments ----------------------------------------
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_stripe_route_never_answers_5xx(
+    stack: Stack, catalogue: Catalogue, data: st.DataObject
+) -> None:
+    gateway = Gateway(stack)
+    secret = stack.settings.stripe_webhook_secrets[0]
+    shape = data.draw(st.sampled_from(["raw", "signed_json", "signed_event", "bad_header"]))
+    if shape == "raw":
+        body, header = data.draw(st.binary(max_size=300)), data.draw(header_text)
+    elif shape == "bad_header":
+        body = json.dumps(stripe_event("charge.succeeded", catalogue)).encode()
+        header = data.draw(
+            st.sampled_from(["t=", "v1=", "t=1,v1=", ",,,", "t=99999999999999999999,v1=ab"])
+        ) + data.draw(header_text)
+    else:
+        value = (
+            mutate(
+                stripe_event(
+                    data.draw(st.sampled_from(STRIPE_TYPES)),
+                    catalogue,
+                    sku="premium_30d",
+                    telegram_user_id=7,
+                ),
+                data,
+            )
+            if shape == "signed_event"
+            else data.draw(json_values)
+        )
+        body = json.dumps(value).encode()
+        header = sign_stripe(body.decode(), secret)
+    headers = {
+        "Content-Type": data.draw(
+            st.sampled_from(["application/json", "text/plain", "", "x/\u00e9"])
+        )
+    }
+    if header:
+        headers["Stripe-Signature"] = header.encode("latin-1", "replace").decode("latin-1")
+    TRIED["stripe_http"] = TRIED.get("stripe_http", 0) + 1
+    status = gateway.post("/api/v1/stripe/webhook", body, headers)
+    assert status in (200, 400, 413), (shape, status)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_telegram_route_never_answers_5xx(
+    stack: Stack, catalogue: Catalogue, data: st.DataObject
+) -> None:
+    gateway = Gateway(stack)
+    shape = data.draw(st.sampled_from(["raw", "json", "update"]))
+    if shape == "raw":
+        body = data.draw(st.binary(max_size=300))
+    elif shape == "json":
+        body = json.dumps(data.draw(json_values)).encode()
+    else:
+        kind = data.draw(st.sampled_from(["pre-checkout", "payment", "refund", "subscription"]))
+        body = json.dumps(
+            mutate(telegram_update(kind, catalogue, telegram_user_id=9, sku="premium_30d"), data)
+        ).encode()
+    token = data.draw(st.sampled_from([stack.settings.telegram_webhook_secret] * 4 + ["", "nope"]))
+    headers = {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": token}
+    TRIED["telegram_http"] = TRIED.get("telegram_http", 0) + 1
+    status = gateway.post("/api/v1/telegram/webhook", body, headers)
+    assert status in (200, 400, 401, 413), (shape, status)
+
+
+def test_pathological_bodies_are_refused_cleanly(stack: Stack) -> None:
+    gateway = Gateway(stack)
+    secret = stack.settings.stripe_webhook_secrets[0]
+    deep = b"[" * 200_000 + b"]" * 200_000  # deeper than any JSON parser recurses
+    assert gateway.post(
+        "/api/v1/stripe/webhook", deep, {"Stripe-Signature": sign_stripe(deep.decode(), secret)}
+    ) in (400, 413)
+    deep = b"[" * 100_000
+    headers = {"X-Telegram-Bot-Api-Secret-Token": stack.settings.telegram_webhook_secret}
+    assert gateway.post("/api/v1/telegram/webhook", deep, headers) == 400
+    assert gateway.post("/api/v1/telegram/webhook", b"\xff" * 2_000_000, headers) == 413
+
+
+def test_every_process_survived_the_fuzzing(stack: Stack) -> None:
+    time.sleep(1)  # let payments process what the fuzzing recorded
+    assert all(process.poll() is None for process in stack.processes.values())
+    stack.wait_until_up(timeout=5)
+    print(f"\nbad inputs tried: {TRIED}")
+
+
+# --- gRPC: wrong types, empty ids, huge strings -----------------------------------------------
+
+HUGE = "x" * 100_000
+
+BAD_REQUESTS: list[tuple[str, str, Message]] = [
+    ("payments", "ReplayEvent", payments_pb2.ReplayEventRequest()),
+    ("payments", "ReplayEvent", payments_pb2.ReplayEventRequest(provider="stripe", event_id=HUGE)),
+    ("payments", "ListEvents", payments_pb2.ListEventsRequest(event_type=HUGE)),
+    ("payments", "ListEvents", payments_pb2.ListEventsRequest(page_token=HUGE)),
+    ("payments", "ListPayments", payments_pb2.ListPaymentsRequest(user_id=HUGE)),
+    ("payments", "CreateInvoiceLink", payments_pb2.CreateInvoiceLinkRequest(sku="vip_30d")),
+    ("payments", "RefundPayment", payments_pb2.RefundPaymentRequest(provider="telegram")),
+    ("payments", "HandleStripeEvent", payments_pb2.HandleStripeEventRequest(payload=b"{}")),
+    ("payments", "HandleTelegramUpdate", payments_pb2.HandleTelegramUpdateRequest(payload=b"[]")),
+    (
+        "entitlements",
+        "CheckEntitlement",
+        entitlements_pb2.CheckEntitlementRequest(entitlement="premium"),
+    ),
+    (
+        "entitlements",
+        "CheckEntitlement",
+        entitlements_pb2.CheckEntitlementRequest(user_id=HUGE, entitlement="premium"),
+    ),
+    ("entitlements", "ListEntitlements", entitlements_pb2.ListEntitlementsRequest()),
+    ("entitlements", "GrantEntitlement", entitlements_pb2.GrantEntitlementRequest()),
+    ("entitlements", "RevokeEntitlement", entitlements_pb2.RevokeEntitlementRequest()),
+    ("accounts", "ResolveUser", accounts_pb2.ResolveUserRequest()),
+    ("accounts", "ResolveUser", accounts_pb2.ResolveUserRequest(stripe_customer_id=HUGE)),
+    ("accounts", "LinkIdentity", accounts_pb2.LinkIdentityRequest()),
+    ("accounts", "LinkAccount", accounts_pb2.LinkAccountRequest(login=1, server="s")),
+    ("accounts", "UnlinkAccount", accounts_pb2.UnlinkAccountRequest()),
+    ("accounts", "ListAccounts", accounts_pb2.ListAccountsRequest(user_id=HUGE)),
+    ("accounts", "GetAccount", accounts_pb2.GetAccountRequest(server=HUGE)),
+    (
+        "accounts",
+        "ReportAccountSnapshot",
+        accounts_pb2.ReportAccountSnapshotRequest(login=1, server="s", balance=float("nan")),
+    ),
+]
+PACKAGES = {
+    "payments": "paylayer.payments.v1.PaymentsService",
+    "entitlements": "paylayer.entitlements.v1.EntitlementsService",
+    "accounts": "paylayer.accounts.v1.AccountsService",
+}
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "request_message"),
+    BAD_REQUESTS,
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+async def test_bad_grpc_arguments_are_invalid_argument(
+    stack: Stack, service: str, method: str, request_message: Message
+) -> None:
+    await expect_invalid(stack, service, method, request_message.SerializeToString())
+
+
+@pytest.mark.parametrize("service", sorted(PACKAGES))
+async def test_wrong_wire_types_are_invalid_argument_for_every_method(
+    stack: Stack, service: str
+) -> None:
+    from tests.faults.test_intruders import methods_of
+
+    for method, _ in methods_of(service):
+        # Field 1 sent as a 64-bit fixed where every method's field 1 is a string, int or message.
+        await expect_invalid(
+            stack, service, method, b"\x09" + b"\xff" * 8 + b"\x0a\xff\xff\xff\xff\x0f"
+        )
+
+
+async def expect_invalid(stack: Stack, service: str, method: str, payload: bytes) -> None:
+    metadata = (("authorization", f"Bearer {stack.settings.internal_token}"),)
+    async with grpc.aio.insecure_channel(stack.addrs[service]) as channel:
+        path = f"/{PACKAGES[service]}/{method}"
+        streaming = method == "WatchEntitlements"
+        rpc = channel.unary_stream(path) if streaming else channel.unary_unary(path)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            call = rpc(payload, metadata=metadata, timeout=5)
+            if streaming:
+                async for _ in call:
+                    pass
+            else:
+                await call
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, raised.value.details())
