@@ -68,13 +68,11 @@ def bench_settings(database_url: str) -> Settings:
 def running_stack(settings: Settings) -> Iterator[Stack]:
     stack = make_stack(settings, Path(tempfile.mkdtemp(prefix="paylayer-bench-logs-")))
     try:
-        for name in ("accounts", "entitlements", "payments", "gateway"):
-            stack.start(name)
+        stack.start_all()
         stack.wait_until_up()
         yield stack
     finally:
-        for name in reversed(list(stack.processes)):
-            stack.stop(name)
+        stack.stop_all()
 
 
 async def run_load(calls: list[Callable[[], Awaitable[bool]]], concurrency: int) -> dict[str, Any]:

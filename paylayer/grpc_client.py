@@ -63,11 +63,21 @@ class _OutgoingStream(_Outgoing, grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self._details(details), request)
 
 
+def _target(addr: str) -> str:
+    """`host:port` resolves through DNS (every address it returns is used); a comma-separated
+    list of `ip:port` (local replicas) is used as it is."""
+    if "://" in addr or addr.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+        return addr
+    if "," in addr:
+        return "ipv4:" + addr
+    return f"dns:///{addr}"
+
+
 def open_channel(
     addr: str, internal_token: str, *, default_deadline: float = DEFAULT_DEADLINE_SECONDS
 ) -> grpc.aio.Channel:
     """An insecure channel (traffic stays inside the deployment) that authenticates every call."""
-    target = addr if "://" in addr or addr.startswith("unix:") else f"dns:///{addr}"
+    target = _target(addr)
     return grpc.aio.insecure_channel(
         target,
         interceptors=[

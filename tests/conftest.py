@@ -117,18 +117,16 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @contextmanager
-def running_stack(settings: Settings, log_dir: Path) -> Iterator[Stack]:
+def running_stack(settings: Settings, log_dir: Path, replicas: int = 1) -> Iterator[Stack]:
     """All four services as separate processes on free ports, up and healthy."""
-    running = make_stack(settings, log_dir)
+    running = make_stack(settings, log_dir, replicas)
     STACK_LOG_DIRS.append(log_dir)
-    for name in ("accounts", "entitlements", "payments", "gateway"):
-        running.start(name)
+    running.start_all()
     try:
         running.wait_until_up()
         yield running
     finally:
-        for name in reversed(list(running.processes)):
-            running.stop(name)
+        running.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The whole stack as real processes, started the way `paylayer dev` starts them."""
+"""The whole stack as real processes, started as `paylayer dev` starts them, on free ports."""
 
 from __future__ import annotations
 
@@ -7,21 +7,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paylayer import processes
 from paylayer.cli.local import _all_up, check_all
 from paylayer.settings import Settings
 
-SERVICE_MODULES = {
-    "accounts": "accounts_service",
-    "entitlements": "entitlements_service",
-    "payments": "payments_service",
-    "gateway": "gateway",
-}
+SERVICE_MODULES = processes.MODULES
 
 
 def free_port() -> int:
@@ -35,25 +30,35 @@ class Stack:
     settings: Settings
     env: dict[str, str]
     log_dir: Path
-    addrs: dict[str, str]
-    metrics_addrs: dict[str, str]
+    instances: dict[str, processes.Instance]
     processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
 
     @property
+    def addrs(self) -> dict[str, str]:
+        """Per service, the address (or comma-separated replica addresses) clients use."""
+        return {service: self.env[f"{service.upper()}_ADDR"] for service in processes.MODULES}
+
+    @property
+    def metrics_addrs(self) -> dict[str, str]:
+        return {
+            name: instance.metrics_addr
+            for name, instance in self.instances.items()
+            if instance.metrics_addr
+        }
+
+    @property
     def gateway_url(self) -> str:
-        return f"http://{self.addrs['gateway']}"
+        return f"http://{self.instances['gateway'].listen_addr}"
 
     def start(self, name: str) -> None:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        env = {**self.env, "LISTEN_ADDR": self.addrs[name]}
-        if name in self.metrics_addrs:
-            env["METRICS_ADDR"] = self.metrics_addrs[name]
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", SERVICE_MODULES[name]],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        instance = self.instances[name]
+        self.processes[name] = processes.start(
+            instance, self.env, processes.log_file(self.log_dir, instance)
         )
+
+    def start_all(self) -> None:
+        for name in self.instances:
+            self.start(name)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         process = self.processes[name]
@@ -61,14 +66,17 @@ class Stack:
             process.send_signal(sig)
         return process.wait(timeout=timeout)
 
+    def stop_all(self) -> None:
+        processes.stop_all(self.processes, self.settings.shutdown_grace_seconds)
+
     def wait_until_up(self, timeout: float = 60) -> float:
         return asyncio.run(self.up(within=timeout))
 
     async def up(self, within: float = 60) -> float:
-        """Seconds until every process reports healthy (and the gateway ready)."""
+        """Seconds until every process reports healthy (and every gateway ready)."""
         started = time.monotonic()
         while True:
-            statuses = await check_all(self.settings, self.addrs["gateway"])
+            statuses = await check_all(self.settings, self.env["GATEWAY_ADDR"])
             if _all_up(statuses):
                 return time.monotonic() - started
             if time.monotonic() - started > within:
@@ -82,11 +90,12 @@ class Stack:
         )
 
 
-def make_stack(settings: Settings, log_dir: Path) -> Stack:
-    addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICE_MODULES}
-    metrics_addrs = {
-        name: f"127.0.0.1:{free_port()}" for name in SERVICE_MODULES if name != "gateway"
-    }
+def make_stack(settings: Settings, log_dir: Path, replicas: int = 1) -> Stack:
+    instances = processes.plan(
+        replicas,
+        lambda service, index: f"127.0.0.1:{free_port()}",
+        lambda service, index: f"127.0.0.1:{free_port()}",
+    )
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -96,10 +105,12 @@ def make_stack(settings: Settings, log_dir: Path) -> Stack:
         "TELEGRAM_BOT_TOKEN": settings.telegram_bot_token,
         "TELEGRAM_API_BASE": settings.telegram_api_base,
         "CATALOGUE_PATH": str(settings.catalogue_path),
-        "PAYMENTS_ADDR": addrs["payments"],
-        "ENTITLEMENTS_ADDR": addrs["entitlements"],
-        "ACCOUNTS_ADDR": addrs["accounts"],
         "SHUTDOWN_GRACE_SECONDS": str(settings.shutdown_grace_seconds),
+        **processes.client_env(instances),
     }
-    wired = Settings.from_env(env)
-    return Stack(settings=wired, env=env, log_dir=log_dir, addrs=addrs, metrics_addrs=metrics_addrs)
+    return Stack(
+        settings=Settings.from_env(env),
+        env=env,
+        log_dir=log_dir,
+        instances={instance.name: instance for instance in instances},
+    )

@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import os
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paylayer import processes
 from paylayer.cli.common import UserError, settings
 from paylayer.devsecrets import DEV_DIR, ensure_dev_secrets, remember
 from paylayer.migrations import SERVICES, upgrade
-from paylayer.settings import DEFAULT_ADDRS, Settings
+from paylayer.settings import DEFAULT_ADDRS, DEFAULT_METRICS_ADDRS, Settings
 
-# Started in this order; the gateway last, as it needs payments to be ready.
-PROCESSES = (
-    ("accounts", "accounts_service"),
-    ("entitlements", "entitlements_service"),
-    ("payments", "payments_service"),
-    ("gateway", "gateway"),
-)
-SERVICE_NAMES = [name for name, _ in PROCESSES]
+SERVICE_NAMES = list(processes.MODULES)
 START_TIMEOUT_SECONDS = 60.0
 
 
@@ -83,14 +76,21 @@ async def _http_status(addr: str) -> str:
         return "UNREACHABLE"
 
 
+async def _every(probe: Callable[[str], Awaitable[str]], addrs: str) -> str:
+    """One status for all replicas: the first that is not healthy, else the healthy one."""
+    statuses = await asyncio.gather(*(probe(addr) for addr in addrs.split(",")))
+    unhealthy = [s for s in statuses if s not in ("SERVING", "READY")]
+    return unhealthy[0] if unhealthy else statuses[0]
+
+
 async def check_all(
     config: Settings, gateway_addr: str, only: list[str] | None = None
 ) -> dict[str, str]:
     probes = {
-        "accounts": lambda: _grpc_status(config.accounts_addr),
-        "entitlements": lambda: _grpc_status(config.entitlements_addr),
-        "payments": lambda: _grpc_status(config.payments_addr),
-        "gateway": lambda: _http_status(gateway_addr),
+        "accounts": lambda: _every(_grpc_status, config.accounts_addr),
+        "entitlements": lambda: _every(_grpc_status, config.entitlements_addr),
+        "payments": lambda: _every(_grpc_status, config.payments_addr),
+        "gateway": lambda: _every(_http_status, gateway_addr),
     }
     names = only or list(probes)
     statuses = await asyncio.gather(*(probes[name]() for name in names))
@@ -110,43 +110,6 @@ def health(args: argparse.Namespace) -> int:
     return 0 if _all_up(statuses) else 1
 
 
-def _die_with_parent() -> None:
-    """Children get SIGTERM if `paylayer dev` itself dies, so none is ever orphaned (Linux)."""
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-def _start(env: dict[str, str]) -> dict[str, subprocess.Popen[Any]]:
-    children = {}
-    for name, module in PROCESSES:
-        child_env = {**env, "LISTEN_ADDR": env.get(f"{name.upper()}_ADDR", DEFAULT_ADDRS[name])}
-        children[name] = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=child_env,
-            # Own session: Ctrl-C reaches only `paylayer dev`, which stops the children in order.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    return children
-
-
-def _stop(children: dict[str, subprocess.Popen[Any]], grace: float) -> None:
-    # The gateway first, so no new webhook arrives at a service that is going away.
-    for name in reversed(list(children)):
-        if children[name].poll() is None:
-            children[name].send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace + 5
-    for child in children.values():
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
 def dev(args: argparse.Namespace) -> int:
     started = time.monotonic()
     env = dict(os.environ)
@@ -162,7 +125,6 @@ def dev(args: argparse.Namespace) -> int:
         remember("DATABASE_URL", env["DATABASE_URL"])
     for service in SERVICES:
         upgrade(service, env["DATABASE_URL"])
-    config = Settings.from_env(env)
 
     stop_requested = False
 
@@ -172,8 +134,19 @@ def dev(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    children = _start(env)
-    gateway_addr = env.get("GATEWAY_ADDR", DEFAULT_ADDRS["gateway"])
+    if args.replicas < 1:
+        raise UserError("--replicas must be at least 1")
+    instances = processes.plan(
+        args.replicas,
+        lambda service, i: processes.shifted(
+            env.get(f"{service.upper()}_ADDR") or DEFAULT_ADDRS[service], i
+        ),
+        lambda service, i: processes.shifted(DEFAULT_METRICS_ADDRS[service], i),
+    )
+    env.update(processes.client_env(instances))
+    config = Settings.from_env(env)
+    gateway_addr = env["GATEWAY_ADDR"]
+    children = {i.name: processes.start(i, env) for i in instances}
     code = 0
     try:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -198,7 +171,7 @@ def dev(args: argparse.Namespace) -> int:
             time.sleep(0.2)
     finally:
         print("stopping…", flush=True)
-        _stop(children, config.shutdown_grace_seconds)
+        processes.stop_all(children, config.shutdown_grace_seconds)
         if database_server is not None:
             database_server.cleanup()
         print("stopped", flush=True)
@@ -209,7 +182,8 @@ def _print_banner(
     config: Settings, gateway_addr: str, generated: dict[str, str], took: float
 ) -> None:
     print(f"\nPaylayer is up ({took:.1f} s):", flush=True)
-    print(f"  gateway       http://{gateway_addr}  (webhooks under /api/v1/)")
+    gateways = ", ".join(f"http://{addr}" for addr in gateway_addr.split(","))
+    print(f"  gateway       {gateways}  (webhooks under /api/v1/)")
     print(f"  payments      {config.payments_addr}")
     print(f"  entitlements  {config.entitlements_addr}")
     print(f"  accounts      {config.accounts_addr}")

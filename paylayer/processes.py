@@ -1,0 +1,110 @@
+"""The stack as processes: which to start, where each listens, how to stop them in order.
+
+`paylayer dev`, the tests and the benchmarks all run the stack through this, so what is tested
+is what developers run. Replicas of a gRPC service listen on their own ports; clients get the
+list and spread calls over it (round_robin), as they would over DNS in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+# Started in this order; stopped in the reverse, so the gateway goes first.
+MODULES = {
+    "accounts": "accounts_service",
+    "entitlements": "entitlements_service",
+    "payments": "payments_service",
+    "gateway": "gateway",
+}
+GRPC_SERVICES = ("accounts", "entitlements", "payments")
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str  # "payments", then "payments-2", "payments-3" for replicas
+    service: str
+    listen_addr: str
+    metrics_addr: str | None  # the gateway serves /metrics on its own port
+
+
+def plan(
+    replicas: int, address: Callable[[str, int], str], metrics: Callable[[str, int], str]
+) -> list[Instance]:
+    """Every process to run: `replicas` of each service, addressed by the given functions."""
+    return [
+        Instance(
+            name=service if index == 0 else f"{service}-{index + 1}",
+            service=service,
+            listen_addr=address(service, index),
+            metrics_addr=metrics(service, index) if service in GRPC_SERVICES else None,
+        )
+        for service in MODULES
+        for index in range(replicas)
+    ]
+
+
+def shifted(addr: str, index: int, step: int = 100) -> str:
+    """The address of replica `index`: the same host, the port moved up by `step` per replica."""
+    host, port = addr.rsplit(":", 1)
+    return f"{host}:{int(port) + step * index}"
+
+
+def client_env(instances: list[Instance]) -> dict[str, str]:
+    """*_ADDR for clients: every replica of a service, comma-separated."""
+    env = {}
+    for service in MODULES:
+        addrs = [i.listen_addr for i in instances if i.service == service]
+        env[f"{service.upper()}_ADDR"] = ",".join(addrs)
+    return env
+
+
+def _die_with_parent() -> None:
+    """A child gets SIGTERM if its parent dies, so none is ever orphaned (Linux only)."""
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def start(
+    instance: Instance, env: Mapping[str, str], output: IO[bytes] | None = None
+) -> subprocess.Popen[Any]:
+    child_env = {**env, "LISTEN_ADDR": instance.listen_addr}
+    if instance.metrics_addr:
+        child_env["METRICS_ADDR"] = instance.metrics_addr
+    return subprocess.Popen(
+        [sys.executable, "-m", MODULES[instance.service]],
+        env=child_env,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+        # Own session: a Ctrl-C reaches only the parent, which stops the children in order.
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def stop_all(children: Mapping[str, subprocess.Popen[Any]], grace: float) -> None:
+    """SIGTERM in reverse start order, then wait out the grace; whatever is left is killed."""
+    for child in reversed(list(children.values())):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace + 5
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def log_file(log_dir: Path, instance: Instance) -> IO[bytes]:
+    return (log_dir / f"{instance.name}.log").open("ab")
