@@ -29,6 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     dev_parser = commands.add_parser(
         "dev", help="start PostgreSQL if needed, migrate, run everything"
     )
+    dev_parser.add_argument(
+        "--replicas", type=int, default=1, help="processes per service; ports step by 100"
+    )
     dev_parser.set_defaults(run=dev)
 
     migrate_parser = commands.add_parser("migrate", help="bring every schema to the newest version")
