@@ -91,7 +91,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         WEBHOOK_REJECTIONS.labels("stripe", rejection.reason).inc()
         return web.json_response({"error": rejection.message}, status=rejection.status)
 
-    request_id_var.set(event["id"])
+    request_id_var.set(f"stripe:{event['id']}")
     try:
         reply = await request.app[PAYMENTS].HandleStripeEvent(
             payments_pb2.HandleStripeEventRequest(payload=body), timeout=PAYMENTS_DEADLINE_SECONDS

@@ -58,7 +58,7 @@ async def telegram_webhook(request: web.Request) -> web.Response:
         WEBHOOK_REJECTIONS.labels("telegram", "not_update").inc()
         return web.json_response({"error": "body is not a Telegram update"}, status=400)
 
-    request_id_var.set(f"tg-{update['update_id']}")
+    request_id_var.set(f"telegram:{update['update_id']}")
     query = update.get("pre_checkout_query")
     try:
         reply = await request.app[PAYMENTS].HandleTelegramUpdate(

@@ -12,6 +12,12 @@ from datetime import datetime
 from paylayer.catalogue import Sku
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """A provider's value quoted in a reason: bounded, since it may be anything at all."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Unprocessable(Exception):
     """The event can never be processed as it is (who paid, or what, cannot be told).
 

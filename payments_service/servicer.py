@@ -165,7 +165,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             # Answered from the catalogue alone, nothing stored: a query changes nothing, and
             # the buyer is waiting on this answer (Telegram allows 10 s; we aim for < 50 ms).
             if not verdict.ok:
-                log.info("pre-checkout %s refused: %s", query_id, verdict.error_message)
+                log.info("pre-checkout refused: %s", verdict.error_message)
             return payments_pb2.HandleTelegramUpdateResponse(
                 pre_checkout=payments_pb2.PreCheckoutAnswer(
                     pre_checkout_query_id=query_id,

@@ -15,6 +15,7 @@ from payments_service.intents import (
     Revoke,
     SubscriptionState,
     Unprocessable,
+    shown,
 )
 
 PROVIDER = "stripe"
@@ -91,7 +92,7 @@ def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
     if telegram_user_id:
         if _telegram_id(telegram_user_id) is None:
             raise Unprocessable(
-                f"metadata.telegram_user_id is not a Telegram id: {telegram_user_id[:40]!r}"
+                f"metadata.telegram_user_id is not a Telegram id: {shown(telegram_user_id)}"
             )
         return Payer(telegram_user_id=_telegram_id(telegram_user_id), customer=customer)
     reference = obj.get("client_reference_id")
@@ -114,7 +115,7 @@ def sku(catalogue: Catalogue, metadata: dict[str, str], amount: int, currency: s
     named = metadata.get("sku")
     if named:
         if named not in catalogue.skus:
-            raise Unprocessable(f"unknown sku {named!r}")
+            raise Unprocessable(f"unknown sku {shown(named)}")
         return catalogue.skus[named]
     matched = catalogue.sku_for_stripe_price(amount, currency)
     if matched is None:

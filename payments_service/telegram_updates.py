@@ -18,6 +18,7 @@ from payments_service.intents import (
     Revoke,
     SubscriptionState,
     Unprocessable,
+    shown,
 )
 
 PROVIDER = "telegram"
@@ -53,17 +54,17 @@ def sku_of_payload(catalogue: Catalogue, payload: Any) -> Sku:
         raise Unprocessable("invoice payload is over 128 bytes")
     name = payload.split(":", 1)[0]
     if name not in catalogue.skus:
-        raise Unprocessable(f"unknown sku {name!r}")
+        raise Unprocessable(f"unknown sku {shown(name)}")
     return catalogue.skus[name]
 
 
 def check_price(sku: Sku, currency: Any, total_amount: Any) -> None:
     if currency != STARS:
-        raise Unprocessable(f"currency must be {STARS}, not {currency!r}")
+        raise Unprocessable(f"currency must be {STARS}, not {shown(currency)}")
     if sku.stars is None:
         raise Unprocessable(f"{sku.name} cannot be bought with Stars")
     if total_amount != sku.stars:
-        raise Unprocessable(f"{sku.name} costs {sku.stars} Stars, not {total_amount!r}")
+        raise Unprocessable(f"{sku.name} costs {sku.stars} Stars, not {shown(total_amount)}")
 
 
 def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerdict:
@@ -138,7 +139,7 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
         subscription = update["subscription"]
         state = subscription.get("state")
         if state not in ("canceled", "active", "failed"):
-            raise Unprocessable(f"unknown subscription state {state!r}")
+            raise Unprocessable(f"unknown subscription state {shown(state)}")
         sku = sku_of_payload(catalogue, subscription.get("invoice_payload"))
         return SubscriptionState(PROVIDER, subscription_id(_user_id(subscription), sku), state)
     return Ignore("update carries nothing payments acts on")
