@@ -50,8 +50,8 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         # The hot path: two cheap checks, then (nearly always) a dictionary hit.
         user_id = request.user_id
         entitlement = request.entitlement
-        if not user_id or len(user_id) > MAX_ID_LENGTH:
-            raise InvalidArgument("user_id is required (at most 256 characters)")
+        if not user_id or len(user_id) > MAX_ID_LENGTH or "\x00" in user_id:
+            raise InvalidArgument("user_id is required (at most 256 characters, no NUL)")
         if entitlement not in self._granting_tiers:
             raise InvalidArgument(self._unknown_entitlement(entitlement))
         remembered = self._cache.answer_from_memory(user_id, entitlement)
@@ -227,3 +227,6 @@ def _require_id(name: str, value: str) -> None:
 def _limit(name: str, value: str, most: int) -> None:
     if len(value) > most:
         raise InvalidArgument(f"{name} is longer than {most} characters")
+    if "\x00" in value:
+        # PostgreSQL text cannot hold it: refused here rather than failing in the database.
+        raise InvalidArgument(f"{name} contains a NUL character")

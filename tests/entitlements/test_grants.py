@@ -228,6 +228,7 @@ INVALID_CHECKS = [
     entitlements_pb2.CheckEntitlementRequest(user_id="u", entitlement=""),
     entitlements_pb2.CheckEntitlementRequest(user_id="u", entitlement="platinum"),
     entitlements_pb2.CheckEntitlementRequest(user_id="u" * 300, entitlement="premium"),
+    entitlements_pb2.CheckEntitlementRequest(user_id="u\x00", entitlement="premium"),
 ]
 
 
@@ -271,6 +272,7 @@ INVALID_GRANTS = {
     "until before purchase": _until_before_purchase(),
     "absurd purchase time": _absurd_purchase_time(),
     "unknown tier": paid("u", "platinum", days=30),
+    "NUL in the reference": paid("u", reference="pi_\x00", days=30),
 }
 
 
