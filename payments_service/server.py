@@ -18,7 +18,7 @@ from payments_service.store import Store
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
-def build(settings: Settings, *, workers: int = 4) -> GrpcService:
+def build(settings: Settings, *, workers: int = 2) -> GrpcService:
     engine = create_engine(settings.database_url, application_name="payments", pool_size=20)
     catalogue = load_catalogue(settings.catalogue_path)
     accounts = open_channel(settings.accounts_addr, settings.internal_token)
