@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.app import init_app
 from paylayer.logs import configure_logging
 from paylayer.settings import ConfigError, Settings
+from paylayer.tracing import setup_tracing
 
 
 def main() -> None:
@@ -20,6 +21,7 @@ def main() -> None:
         print(f"gateway: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging("gateway", settings.log_level, settings.secrets())
+    setup_tracing("gateway")
     host, port = settings.listen_address("gateway").rsplit(":", 1)
     # aiohttp stops on SIGTERM and SIGINT, letting in-flight requests finish first.
     web.run_app(

@@ -23,6 +23,7 @@ from paylayer.db import database_answers
 from paylayer.errors import DomainError, InvalidArgument
 from paylayer.logs import REQUEST_ID_HEADER, request_id_var
 from paylayer.metrics import RPC_DURATION, RPCS_HANDLED, serve_metrics
+from paylayer.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ def run_main(
         raise SystemExit(2) from None
     configure_logging(service, settings.log_level, settings.secrets())
     serve_metrics(settings.metrics_address(service))
+    setup_tracing(service)
 
     async def serve() -> None:
         await build(settings).run_until_signalled(settings.listen_address(service))

@@ -90,7 +90,9 @@ class Stack:
         )
 
 
-def make_stack(settings: Settings, log_dir: Path, replicas: int = 1) -> Stack:
+def make_stack(
+    settings: Settings, log_dir: Path, replicas: int = 1, extra_env: dict[str, str] | None = None
+) -> Stack:
     instances = processes.plan(
         replicas,
         lambda service, index: f"127.0.0.1:{free_port()}",
@@ -107,6 +109,7 @@ def make_stack(settings: Settings, log_dir: Path, replicas: int = 1) -> Stack:
         "CATALOGUE_PATH": str(settings.catalogue_path),
         "SHUTDOWN_GRACE_SECONDS": str(settings.shutdown_grace_seconds),
         **processes.client_env(instances),
+        **(extra_env or {}),
     }
     return Stack(
         settings=Settings.from_env(env),
