@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paylayer import processes
-from paylayer.cli.common import UserError, settings
+from paylayer.cli.common import UserError, add_json_flag, print_json, settings
 from paylayer.devsecrets import DEV_DIR, ensure_dev_secrets, remember
 from paylayer.migrations import SERVICES, upgrade
 from paylayer.settings import DEFAULT_ADDRS, DEFAULT_METRICS_ADDRS, Settings
@@ -42,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     health_parser.add_argument(
         "services", nargs="*", choices=[[], *SERVICE_NAMES], metavar="SERVICE", help="default: all"
     )
+    add_json_flag(health_parser)
     health_parser.set_defaults(run=health)
 
 
@@ -108,8 +109,11 @@ def health(args: argparse.Namespace) -> int:
     config = settings()
     gateway_addr = os.environ.get("GATEWAY_ADDR", DEFAULT_ADDRS["gateway"])
     statuses = asyncio.run(check_all(config, gateway_addr, args.services))
-    for name, status in statuses.items():
-        print(f"{name:<13} {status}")
+    if args.json:
+        print_json(statuses)
+    else:
+        for name, status in statuses.items():
+            print(f"{name:<13} {status}")
     return 0 if _all_up(statuses) else 1
 
 
