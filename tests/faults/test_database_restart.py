@@ -17,7 +17,7 @@ from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded
 from tests.conftest import fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
-from tests.faults.load import Load, assert_each_took_effect_once, settle
+from tests.faults.load import Load, assert_each_took_effect_once, figure, settle
 from tests.stack import Stack
 
 pytestmark = pytest.mark.faults
@@ -86,3 +86,4 @@ async def test_services_recover_without_a_restart_and_nothing_is_lost(
     finally:
         await engine.dispose()
     await assert_each_took_effect_once(restart_stack, load.purchases)
+    figure("PostgreSQL restarted (fast shutdown)", load.purchases, services_restarted=0)

@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.faults.load import Load, assert_each_took_effect_once, settle
+from tests.faults.load import Load, assert_each_took_effect_once, figure, settle
 from tests.stack import Stack
 
 pytestmark = pytest.mark.faults
@@ -41,8 +41,11 @@ async def test_gateway_keeps_answering_200_and_every_event_takes_effect_once(
     took = time.monotonic() - restarted
     assert took <= RECOVERY_BOUND_SECONDS
     await assert_each_took_effect_once(fault_stack, load.purchases)
-    count = len(load.purchases)
-    print(f"\n{service} down {DOWN_SECONDS:.0f} s: {count} purchases, applied in {took:.1f} s")
+    figure(
+        f"{service} killed for {DOWN_SECONDS:.0f} s",
+        load.purchases,
+        applied_within_s=round(took, 1),
+    )
 
 
 async def test_payments_down_gives_503_fast_and_redelivery_takes_effect_once(
@@ -65,3 +68,4 @@ async def test_payments_down_gives_503_fast_and_redelivery_takes_effect_once(
     assert {s for p in load.purchases for s in p.statuses} <= {200, 503}
     await settle(fault_engine, load.purchases, within=RECOVERY_BOUND_SECONDS)
     await assert_each_took_effect_once(fault_stack, load.purchases)
+    figure("payments killed for 5 s", load.purchases, refused_503=len(refused))

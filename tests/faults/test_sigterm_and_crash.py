@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event
 from payments_service.tables import inbox, payments
-from tests.faults.load import Load, Purchase, assert_each_took_effect_once, settle
+from tests.faults.load import Load, Purchase, assert_each_took_effect_once, figure, settle
 from tests.payments.helpers import check, eventually, post_stripe, user_of_telegram
 from tests.stack import Stack
 
@@ -69,6 +69,7 @@ async def test_sigterm_under_load_drains_then_every_event_takes_effect_once(
     assert all(p.delivered for p in load.purchases)
     await settle(fault_engine, load.purchases, within=60)
     await assert_each_took_effect_once(fault_stack, load.purchases)
+    figure(f"SIGTERM to {service}", load.purchases, exit_code=exit_code)
 
 
 async def test_killed_after_the_inbox_commit_and_before_the_grant(
@@ -92,6 +93,7 @@ async def test_killed_after_the_inbox_commit_and_before_the_grant(
     await fault_stack.up()
     await settle(fault_engine, purchases, within=60)
     await assert_each_took_effect_once(fault_stack, purchases)
+    figure("payments killed after inbox commit, before grant", purchases)
 
 
 async def test_killed_after_the_grant_and_before_the_commit(
@@ -135,6 +137,10 @@ async def test_killed_after_the_grant_and_before_the_commit(
     await fault_stack.up()
     await settle(fault_engine, [Purchase("stripe", event["id"], buyer, [200])], within=60)
     await assert_each_took_effect_once(fault_stack, [Purchase("stripe", event["id"], buyer, [200])])
+    figure(
+        "payments killed after grant, before commit",
+        [Purchase("stripe", event["id"], buyer, [200])],
+    )
     async with fault_engine.connect() as connection:
         row = (
             await connection.execute(select(payments).where(payments.c.payment_key == intent))
