@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import cast
@@ -24,6 +25,8 @@ _ACCOUNT_TYPE_NAMES = {
     accounts_pb2.ACCOUNT_TYPE_CONTEST: "contest",
 }
 _ACCOUNT_TYPE_VALUES = {name: value for value, name in _ACCOUNT_TYPE_NAMES.items()}
+
+log = logging.getLogger(__name__)
 
 
 # --- validation: every bad argument is InvalidArgument, before any query ----------------------
@@ -166,6 +169,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
         if not request.create or kind == "user_id":
             raise NotFound(f"no user with this {IDENTITY_LABELS[kind]}")
         user, created = await self._store.create_user(kind, value)
+        if created:
+            log.info("created user %s for a new %s", user.user_id, kind)
         return accounts_pb2.ResolveUserResponse(user=_user_message(user), created=created)
 
     async def LinkIdentity(

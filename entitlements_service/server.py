@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,25 +45,13 @@ def compose(settings: Settings) -> Parts:
     return Parts(engine=engine, servicer=servicer, listener=listener, feed=feed)
 
 
-class EntitlementsService(GrpcService):
-    """The kit's service, which also ends watch streams first on stop.
-
-    Otherwise a watcher, which never ends by itself, would hold `stop(grace)` for the whole grace.
-    """
-
-    def __init__(self, *, feed: ChangeFeed, **kit: Any) -> None:
-        super().__init__(**kit)
-        self.feed = feed
-
-    async def stop(self) -> None:
-        self.feed.interrupt("entitlements is shutting down; resubscribe")
-        await super().stop()
-
-
 def build(settings: Settings) -> GrpcService:
     parts = compose(settings)
-    return EntitlementsService(
-        feed=parts.feed,
+
+    async def end_watch_streams() -> None:
+        parts.feed.interrupt("entitlements is shutting down; resubscribe")
+
+    return GrpcService(
         name="entitlements",
         full_service_name=entitlements_pb2.DESCRIPTOR.services_by_name[
             "EntitlementsService"
@@ -75,5 +62,6 @@ def build(settings: Settings) -> GrpcService:
             parts.servicer, server
         ),
         background=[parts.listener.run],
+        on_draining=[end_watch_streams],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

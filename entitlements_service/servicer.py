@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -12,10 +13,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements_service import rules, wire
 from entitlements_service.cache import CheckCache
 from entitlements_service.feed import ChangeFeed
+from entitlements_service.metrics import CHECK_CACHE_HITS, CHECK_CACHE_MISSES, GRANTS, REVOKES
 from entitlements_service.rules import Grant, Source
 from entitlements_service.store import EntitlementStore, Revocation
 from paylayer.errors import InvalidArgument
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 # Grants from these come from a payment, which names its event; any other provider (manual,
 # promotional, ...) is a person's decision and must say why and who.
@@ -56,7 +60,9 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             raise InvalidArgument(self._unknown_entitlement(entitlement))
         remembered = self._cache.answer_from_memory(user_id, entitlement)
         if remembered is not None:
+            CHECK_CACHE_HITS.inc()
             return remembered
+        CHECK_CACHE_MISSES.inc()
         return await self._cache.check(user_id, entitlement)
 
     async def ListEntitlements(
@@ -97,6 +103,15 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
     ) -> entitlements_pb2.GrantEntitlementResponse:
         new = self._grant_of(request)
         standing, created = await self._store.grant(new)
+        GRANTS.labels(new.source.provider, "created" if created else "duplicate").inc()
+        log.info(
+            "grant %s %s/%s to %s (%s)",
+            standing.entitlement,
+            new.source.provider,
+            new.source.reference,
+            standing.user_id,
+            "created" if created else "already granted",
+        )
         # Read-your-writes on this replica; the others hear the NOTIFY.
         self._cache.invalidate(standing.user_id)
         window = await self._window_of(standing)
@@ -120,6 +135,13 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
                 reason=request.reason,
                 revoked_by=request.revoked_by,
             )
+        )
+        REVOKES.labels(source.provider, "tombstone" if outcome.tombstone else "revoked").inc()
+        log.info(
+            "revoke %s/%s (%s)",
+            source.provider,
+            source.reference,
+            "tombstone: not granted yet" if outcome.tombstone else "revoked",
         )
         response = entitlements_pb2.RevokeEntitlementResponse(tombstone=outcome.tombstone)
         if outcome.grant is not None:

@@ -102,4 +102,5 @@ async def stripe_webhook(request: web.Request) -> web.Response:
             return web.json_response({"error": error.details()}, status=400)
         log.warning("payments could not record %s: %s", event["id"], error.code().name)
         return web.json_response({"error": "not recorded, retry later"}, status=503)
+    log.info("recorded %s%s", event["type"], " (duplicate)" if reply.duplicate else "")
     return web.json_response({"received": True, "duplicate": reply.duplicate})

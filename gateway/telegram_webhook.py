@@ -74,6 +74,8 @@ async def telegram_webhook(request: web.Request) -> web.Response:
             # Never leave the buyer waiting: a clear "no" now beats Telegram's timeout.
             return _pre_checkout_reply(query["id"], False, TRY_AGAIN)
         return web.json_response({"error": "not recorded, retry later"}, status=503)
+    if reply.HasField("event"):
+        log.info("recorded %s%s", reply.event.event_type, " (duplicate)" if reply.duplicate else "")
     if reply.HasField("pre_checkout"):
         answer = reply.pre_checkout
         return _pre_checkout_reply(answer.pre_checkout_query_id, answer.ok, answer.error_message)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
+import os
 import signal
 import time
 import uuid
@@ -43,6 +45,11 @@ _REFUSE_UNARY = grpc.unary_unary_rpc_method_handler(_refuse_unauthenticated)
 _REFUSE_STREAM = grpc.unary_stream_rpc_method_handler(_refuse_unauthenticated)
 
 
+# A request id for calls that bring none: unique enough, and ~20x cheaper than a uuid4.
+_PROCESS_TAG = f"{os.getpid():x}{uuid.uuid4().hex[:6]}"
+_call_numbers = itertools.count(1)
+
+
 class _Call:
     """What every RPC shares once authenticated: its request id, its metrics, its errors."""
 
@@ -58,7 +65,7 @@ class _Call:
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_HEADER and isinstance(value, str):
                 request_id = value
-        request_id_var.set(request_id or uuid.uuid4().hex)
+        request_id_var.set(request_id or f"{_PROCESS_TAG}-{next(_call_numbers)}")
         # Deserialized here, not by grpc, so that a malformed request is INVALID_ARGUMENT.
         try:
             return self._deserialize(raw)
@@ -197,6 +204,7 @@ class GrpcService:
         engine: AsyncEngine,
         add_servicer: Callable[[grpc.aio.Server], None],
         background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        on_draining: Sequence[Callable[[], Awaitable[None]]] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
         shutdown_grace_seconds: float = 10.0,
         health_interval_seconds: float = 1.0,
@@ -206,6 +214,7 @@ class GrpcService:
         self.engine = engine
         self.health = health_aio.HealthServicer()
         self._background = background
+        self._on_draining = on_draining
         self._on_stop = on_stop
         self._grace = shutdown_grace_seconds
         self._health_interval = health_interval_seconds
@@ -239,6 +248,9 @@ class GrpcService:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        # Endless calls (watch streams) are ended here, or they would hold stop() for the grace.
+        for callback in self._on_draining:
+            await callback()
         await self.server.stop(self._grace)
         for task in self._tasks:
             task.cancel()

@@ -155,6 +155,8 @@ class Processor:
     ) -> None:
         await self.store.finish(connection, event, outcome, error, payment_key)
         EVENTS_FINISHED.labels(event.provider, event.event_type, outcome).inc()
+        if outcome != "failed":  # failures are logged, with their reason, where they happen
+            log.info("%s %s: %s", event.event_type, outcome, payment_key or error or "-")
 
     async def _effect(self, connection: Any, event: Event, intent: Intent) -> str | None:
         event_ref = f"{event.provider}:{event.event_id}"
