@@ -41,8 +41,9 @@ class _Outgoing:
         metadata = list(details.metadata or ())
         metadata.append(self._authorization)
         request_id = request_id_var.get()
-        if request_id:
-            metadata.append((REQUEST_ID_HEADER, request_id))
+        # gRPC metadata takes printable ASCII only; an id made of a provider's bytes may not be.
+        if request_id and request_id.isascii() and request_id.isprintable():
+            metadata.append((REQUEST_ID_HEADER, request_id[:200]))
         return grpc.aio.ClientCallDetails(
             method=details.method,
             timeout=details.timeout if details.timeout is not None else self._default_deadline,

@@ -138,8 +138,12 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type
         ):
             raise InvalidArgument("a Stripe event needs a string id and type")
-        if len(event_id) > 255 or len(event_type) > 255:
-            raise InvalidArgument("event id or type is too long")
+        if not all(
+            len(v) <= 255 and v.isascii() and v.isprintable() for v in (event_id, event_type)
+        ):
+            raise InvalidArgument(
+                "event id and type must be printable ASCII, at most 255 characters"
+            )
         recorded, duplicate = await self.store.record(
             "stripe", event_id, event_type, request.payload
         )
