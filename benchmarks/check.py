@@ -271,6 +271,8 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "DATABASE_URL": url,
         "INTERNAL_TOKEN": token,
         "LISTEN_ADDR": f"127.0.0.1:{check_port}",
+        # Its own metrics port, so a running `paylayer dev` does not clash with it.
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "LOG_LEVEL": "WARNING",
     }
     servers = await asyncio.to_thread(start_servers, env, health_port, without_kit_port)

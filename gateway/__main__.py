@@ -8,12 +8,14 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import init_app
+from paylayer import processes
 from paylayer.logs import configure_logging
 from paylayer.settings import ConfigError, Settings
 from paylayer.tracing import setup_tracing
 
 
 def main() -> None:
+    processes.die_with_parent()
     settings = Settings.from_env()
     try:
         settings.require("STRIPE_WEBHOOK_SECRETS", "TELEGRAM_WEBHOOK_SECRET", "INTERNAL_TOKEN")

@@ -21,6 +21,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paylayer import processes
 from paylayer.db import database_answers
 from paylayer.errors import DomainError, InvalidArgument
 from paylayer.logs import REQUEST_ID_HEADER, request_id_var
@@ -307,6 +308,7 @@ def run_main(
     from paylayer.logs import configure_logging
     from paylayer.settings import ConfigError, Settings
 
+    processes.die_with_parent()
     settings = Settings.from_env()
     try:
         settings.require(*required)

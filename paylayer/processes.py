@@ -8,6 +8,7 @@ list and spread calls over it (round_robin), as they would over DNS in Kubernete
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -66,19 +67,31 @@ def client_env(instances: list[Instance]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """A child gets SIGTERM if its parent dies, so none is ever orphaned (Linux only)."""
+PARENT_PID_VARIABLE = "PAYLAYER_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Called first thing by every service: end with the launcher, so none is orphaned.
+
+    Done in the child rather than with Popen's preexec_fn, which may deadlock a child forked
+    from a parent that runs gRPC threads (the tests do).
+    """
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if not parent:
+        return
     PR_SET_PDEATHSIG = 1
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
-        pass
+        return  # not Linux: the launcher's own stop is all there is
+    if os.getppid() != int(parent):
+        raise SystemExit("launcher gone before start")
 
 
 def start(
     instance: Instance, env: Mapping[str, str], output: IO[bytes] | None = None
 ) -> subprocess.Popen[Any]:
-    child_env = {**env, "LISTEN_ADDR": instance.listen_addr}
+    child_env = {**env, "LISTEN_ADDR": instance.listen_addr, PARENT_PID_VARIABLE: str(os.getpid())}
     if instance.metrics_addr:
         child_env["METRICS_ADDR"] = instance.metrics_addr
     return subprocess.Popen(
@@ -88,7 +101,6 @@ def start(
         stderr=subprocess.STDOUT if output is not None else None,
         # Own session: a Ctrl-C reaches only the parent, which stops the children in order.
         start_new_session=True,
-        preexec_fn=_die_with_parent,
     )
 
 

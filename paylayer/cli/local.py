@@ -139,8 +139,8 @@ def dev(args: argparse.Namespace) -> int:
         nonlocal stop_requested
         stop_requested = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: the terminal closed
+        signal.signal(signum, request_stop)
     if args.replicas < 1:
         raise UserError("--replicas must be at least 1")
     instances = processes.plan(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -21,6 +22,11 @@ from tests.stack import Stack
 
 T = TypeVar("T")
 DAY = 24 * 3600
+
+
+def new_buyer() -> int:
+    """A Telegram user id no test has used: each test's purchases are its own."""
+    return secrets.randbelow(10**12) + 10**9
 
 
 async def post_stripe(

@@ -6,14 +6,13 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.catalogue import Catalogue, load_catalogue
+from paylayer.catalogue import Catalogue
 from paylayer.cli.trigger import sign_stripe, stripe_event
 from paylayer.grpc_client import open_channel
 from payments_service.tables import inbox, payments
@@ -22,26 +21,12 @@ from tests.payments.helpers import (
     check,
     days_left,
     eventually,
+    new_buyer,
     post_stripe,
     user_of_telegram,
     wait_settled,
 )
 from tests.stack import Stack
-
-
-@pytest.fixture(scope="module")
-def catalogue(stack: Stack) -> Catalogue:
-    return load_catalogue(stack.settings.catalogue_path)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def new_buyer() -> int:
-    return secrets.randbelow(10**12) + 10**9
 
 
 async def inbox_count(engine: AsyncEngine, event_id: str) -> int:

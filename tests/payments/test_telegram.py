@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.catalogue import Catalogue, load_catalogue
+from paylayer.catalogue import Catalogue
 from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.grpc_client import open_channel
 from payments_service.tables import inbox, payments
@@ -24,6 +24,7 @@ from tests.payments.helpers import (
     check,
     days_left,
     eventually,
+    new_buyer,
     post_stripe,
     post_telegram,
     user_of_telegram,
@@ -32,25 +33,10 @@ from tests.payments.helpers import (
 from tests.stack import Stack
 
 
-@pytest.fixture(scope="module")
-def catalogue(stack: Stack) -> Catalogue:
-    return load_catalogue(stack.settings.catalogue_path)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @pytest.fixture
 async def payments_stub(stack: Stack) -> AsyncIterator[payments_pb2_grpc.PaymentsServiceStub]:
     async with open_channel(stack.addrs["payments"], stack.settings.internal_token) as channel:
         yield payments_pb2_grpc.PaymentsServiceStub(channel)
-
-
-def new_buyer() -> int:
-    return secrets.randbelow(10**12) + 10**9
 
 
 async def recorded(engine: AsyncEngine, update_id: int) -> int:
