@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 
 from paylayer.catalogue import Catalogue, load_catalogue
+from paylayer.cli.trigger import sign_stripe
 from tests.stack import Stack
 
 
@@ -20,3 +21,14 @@ def catalogue(stack: Stack) -> Catalogue:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def sign(stack: Stack) -> Callable[..., str]:
+    """Stripe's signer as a fixture: the `Stripe-Signature` for a body, with the stack's
+    secret, as `paylayer trigger stripe` signs (the same function)."""
+
+    def signer(body: str, *, timestamp: int | None = None, secret: str | None = None) -> str:
+        return sign_stripe(body, secret or stack.settings.stripe_webhook_secrets[0], timestamp)
+
+    return signer
