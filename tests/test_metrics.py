@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
+from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.payments.helpers import post_stripe, wait_settled
 from tests.stack import Stack
@@ -127,5 +128,35 @@ async def test_gateway_and_payments_metrics_agree_with_the_webhooks_sent(
     assert (
         value(payments_after, duplicates, provider="stripe")
         - value(payments_before, duplicates, provider="stripe")
+        == 1
+    )
+
+
+async def test_accounts_metrics_count_its_rpcs(stack: Stack) -> None:
+    url = f"http://{stack.metrics_addrs['accounts']}/metrics"
+    handled = "paylayer_grpc_server_handled_total"
+    labels = {"service": "accounts", "method": "ResolveUser"}
+    before = await scrape(url)
+    async with open_channel(stack.addrs["accounts"], stack.settings.internal_token) as channel:
+        stub = accounts_pb2_grpc.AccountsServiceStub(channel)
+        for _ in range(2):
+            await stub.ResolveUser(
+                accounts_pb2.ResolveUserRequest(
+                    telegram_user_id=secrets.randbelow(10**9) + 1, create=True
+                )
+            )
+        try:
+            unknown = secrets.randbelow(10**9) + 10**10  # never created by any test
+            await stub.ResolveUser(accounts_pb2.ResolveUserRequest(telegram_user_id=unknown))
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+    after = await scrape(url)
+    assert (
+        value(after, handled, **labels, code="OK") - value(before, handled, **labels, code="OK")
+        == 2
+    )
+    assert (
+        value(after, handled, **labels, code="NOT_FOUND")
+        - value(before, handled, **labels, code="NOT_FOUND")
         == 1
     )
