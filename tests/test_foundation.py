@@ -113,7 +113,12 @@ async def test_sigterm_turns_health_not_serving_then_exits_cleanly(stack: Stack)
         sys.executable,
         "-m",
         "payments_service",
-        env={**stack.env, "LISTEN_ADDR": addr, "SHUTDOWN_GRACE_SECONDS": "3"},
+        env={
+            **stack.env,
+            "LISTEN_ADDR": addr,
+            "METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "SHUTDOWN_GRACE_SECONDS": "3",
+        },
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
