@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.db import create_engine
@@ -24,6 +25,12 @@ from paylayer.migrations import upgrade_all
 from paylayer.settings import REPO_ROOT, Settings
 from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack, make_stack
+
+# CI explores the same examples every run, so a submission lands or fails on its own merits;
+# locally every run explores new ones (and keeps failures in .hypothesis/).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 INTERNAL_TOKEN = "test-internal-" + secrets.token_hex(8)
 # Every stack's process logs, scanned for secrets when the run ends.
