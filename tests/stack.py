@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from paylayer import processes
-from paylayer.cli.local import _all_up, check_all
+from paylayer.cli.local import all_up, check_all
 from paylayer.settings import Settings
 
 SERVICE_MODULES = processes.MODULES
@@ -77,7 +77,7 @@ class Stack:
         started = time.monotonic()
         while True:
             statuses = await check_all(self.settings, self.env["GATEWAY_ADDR"])
-            if _all_up(statuses):
+            if all_up(statuses):
                 return time.monotonic() - started
             if time.monotonic() - started > within:
                 raise TimeoutError(f"stack not up: {statuses}\n{self.logs()}")

@@ -101,7 +101,7 @@ async def check_all(
     return dict(zip(names, statuses, strict=True))
 
 
-def _all_up(statuses: dict[str, str]) -> bool:
+def all_up(statuses: dict[str, str]) -> bool:
     return all(s in ("SERVING", "READY") for s in statuses.values())
 
 
@@ -114,7 +114,7 @@ def health(args: argparse.Namespace) -> int:
     else:
         for name, status in statuses.items():
             print(f"{name:<13} {status}")
-    return 0 if _all_up(statuses) else 1
+    return 0 if all_up(statuses) else 1
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -158,7 +158,7 @@ def dev(args: argparse.Namespace) -> int:
     try:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         statuses = asyncio.run(check_all(config, gateway_addr))
-        while not _all_up(statuses) and not stop_requested:
+        while not all_up(statuses) and not stop_requested:
             if time.monotonic() > deadline:
                 raise UserError(f"services did not come up within 60 s: {statuses}")
             if any(child.poll() is not None for child in children.values()):
