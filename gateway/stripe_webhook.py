@@ -30,11 +30,12 @@ class Rejected(Exception):
 
 
 def _signed_at(header: str) -> int:
-    for item in header.split(","):
-        key, _, value = item.partition("=")
-        if key.strip() == "t":
-            return int(value)
-    raise ValueError("no timestamp")
+    """The timestamp the library verified, read by the library's own parser, so the two can
+    never disagree on a header with spaces, repeated keys or odd numbers."""
+    timestamp, _ = stripe.WebhookSignature._get_timestamp_and_signatures(
+        header, stripe.WebhookSignature.EXPECTED_SCHEME
+    )
+    return int(timestamp)
 
 
 def verify(body: bytes, header: str | None, secrets: tuple[str, ...], now: float) -> dict:
@@ -52,6 +53,9 @@ def verify(body: bytes, header: str | None, secrets: tuple[str, ...], now: float
             continue
         except UnicodeDecodeError:
             raise Rejected(400, "bad_body", "body is not UTF-8") from None
+        except (TypeError, ValueError, OverflowError):
+            # A header the library chokes on rather than refuses: still only a bad header.
+            raise Rejected(400, "bad_signature", "malformed Stripe-Signature header") from None
     else:
         raise Rejected(400, "bad_signature", "signature does not match, or is too old")
     # The library bounds only the past; a timestamp far ahead is as suspect as one far behind.

@@ -10,18 +10,30 @@ import yaml
 
 
 @dataclass(frozen=True)
+class Price:
+    amount: int  # in the currency's smallest unit, as Stripe counts it
+    currency: str  # lower case, as Stripe writes it
+
+
+@dataclass(frozen=True)
 class Sku:
     name: str
     grants: str
     duration: timedelta | None  # None: lifetime
-    stripe_amount: int | None
-    stripe_currency: str | None
+    stripe_prices: tuple[Price, ...]
     stars: int | None
     recurring: bool = False
+    # Whether a Checkout discount may account for part of the price.
+    discounts: bool = False
 
     @property
     def lifetime(self) -> bool:
         return self.duration is None
+
+    def stripe_price(self, currency: str) -> Price | None:
+        """The price of this sku in `currency`, if it is sold in it."""
+        currency = currency.lower()
+        return next((p for p in self.stripe_prices if p.currency == currency), None)
 
 
 @dataclass(frozen=True)
@@ -43,12 +55,8 @@ class Catalogue:
         return max([self.max_accounts_without_tier, *caps])
 
     def sku_for_stripe_price(self, amount: int, currency: str) -> Sku | None:
-        matches = [
-            sku
-            for sku in self.skus.values()
-            if sku.stripe_amount == amount
-            and (sku.stripe_currency or "").lower() == currency.lower()
-        ]
+        wanted = Price(amount, currency.lower())
+        matches = [sku for sku in self.skus.values() if wanted in sku.stripe_prices]
         return matches[0] if len(matches) == 1 else None
 
 
@@ -64,12 +72,28 @@ def _closure(direct: dict[str, list[str]]) -> dict[str, frozenset[str]]:
     return {tier: reach(tier, frozenset()) for tier in direct}
 
 
+def _stripe_prices(name: str, spec: object) -> tuple[Price, ...]:
+    """`stripe:` as one `{amount, currency}` or a list of them, one per currency."""
+    if not spec:
+        return ()
+    entries = spec if isinstance(spec, list) else [spec]
+    prices = []
+    for entry in entries:
+        amount = entry.get("amount") if isinstance(entry, dict) else None
+        currency = entry.get("currency") if isinstance(entry, dict) else None
+        if not isinstance(amount, int) or amount <= 0 or not isinstance(currency, str):
+            raise ValueError(f"sku {name}: a Stripe price needs a positive amount and a currency")
+        prices.append(Price(amount, currency.lower()))
+    if len({p.currency for p in prices}) != len(prices):
+        raise ValueError(f"sku {name}: one Stripe price per currency")
+    return tuple(prices)
+
+
 def load_catalogue(path: Path) -> Catalogue:
     raw = yaml.safe_load(path.read_text())
     tiers = raw.get("tiers", {})
     skus: dict[str, Sku] = {}
     for name, spec in raw.get("skus", {}).items():
-        stripe = spec.get("stripe") or {}
         lifetime = bool(spec.get("lifetime"))
         if not lifetime and not spec.get("days"):
             raise ValueError(f"sku {name}: give days or lifetime: true")
@@ -77,10 +101,10 @@ def load_catalogue(path: Path) -> Catalogue:
             name=name,
             grants=spec["grants"],
             duration=None if lifetime else timedelta(days=int(spec["days"])),
-            stripe_amount=stripe.get("amount"),
-            stripe_currency=stripe.get("currency"),
+            stripe_prices=_stripe_prices(name, spec.get("stripe")),
             stars=spec.get("stars"),
             recurring=bool(spec.get("recurring", False)),
+            discounts=spec.get("discounts") is True,
         )
     return Catalogue(
         skus=skus,

@@ -29,11 +29,25 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
 
+def _stripe_livemode(env: Mapping[str, str]) -> bool:
+    """`STRIPE_LIVEMODE`, else live exactly when the API key is a live one."""
+    given = env.get("STRIPE_LIVEMODE", "").strip().lower()
+    if given in ("true", "1", "yes"):
+        return True
+    if given in ("false", "0", "no"):
+        return False
+    if given:
+        raise ConfigError(f"STRIPE_LIVEMODE must be true or false, not {given[:20]!r}")
+    return env.get("STRIPE_API_KEY", "").startswith(("sk_live_", "rk_live_"))
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
     stripe_webhook_secrets: tuple[str, ...] = ()
     stripe_api_key: str = ""
+    # Whether this deployment takes live Stripe events (true) or test ones (false).
+    stripe_livemode: bool = False
     telegram_webhook_secret: str = ""
     telegram_bot_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
@@ -58,6 +72,7 @@ class Settings:
             database_url=env.get("DATABASE_URL", ""),
             stripe_webhook_secrets=secrets,
             stripe_api_key=env.get("STRIPE_API_KEY", ""),
+            stripe_livemode=_stripe_livemode(env),
             telegram_webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET", ""),
             telegram_bot_token=env.get("TELEGRAM_BOT_TOKEN", ""),
             telegram_api_base=env.get("TELEGRAM_API_BASE", cls.telegram_api_base).rstrip("/"),

@@ -34,6 +34,11 @@ class Retryable(Exception):
     """A downstream could not answer now; the event is retried later with backoff."""
 
 
+def reinstated_key(payment_key: str) -> str:
+    """The source of the grant that gives back what a won dispute of this payment took."""
+    return f"{payment_key}:dispute_won"
+
+
 def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
@@ -43,7 +48,7 @@ def _timestamp(value: datetime) -> Timestamp:
 def _classify(error: grpc.aio.AioRpcError, what: str) -> Exception:
     if error.code() in _RETRYABLE:
         return Retryable(f"{what}: {error.code().name} {error.details() or ''}".strip())
-    return Unprocessable(f"{what}: {error.code().name} {error.details() or ''}".strip())
+    return Unprocessable(f"{what}: {error.code().name} {error.details() or ''}".strip(), "refused")
 
 
 class Downstream:
@@ -62,12 +67,14 @@ class Downstream:
         elif payer.customer:
             request = accounts_pb2.ResolveUserRequest(stripe_customer_id=payer.customer)
         else:
-            raise Unprocessable("cannot tell who paid")
+            raise Unprocessable("cannot tell who paid", "unknown_payer")
         try:
             reply = await self._accounts.ResolveUser(request, timeout=CALL_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise Unprocessable(f"cannot tell who paid: no user for {payer}") from None
+                raise Unprocessable(
+                    f"cannot tell who paid: no user for {payer}", "unknown_payer"
+                ) from None
             raise _classify(error, "accounts.ResolveUser") from None
         user_id = str(reply.user.user_id)
         if payer.customer and reply.user.stripe_customer_id != payer.customer:
@@ -132,3 +139,47 @@ class Downstream:
             )
         except grpc.aio.AioRpcError as error:
             raise _classify(error, "entitlements.RevokeEntitlement") from None
+
+    async def reinstate(
+        self, *, user_id: str, provider: str, payment_key: str, event_id: str
+    ) -> None:
+        """Give back a revoked grant's time: a grant of its own, with the same entitlement,
+        purchase time and term, so it stacks where the revoked one stood."""
+        try:
+            reply = await self._entitlements.ListEntitlements(
+                entitlements_pb2.ListEntitlementsRequest(user_id=user_id, include_revoked=True),
+                timeout=CALL_DEADLINE_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _classify(error, "entitlements.ListEntitlements") from None
+        by_reference = {
+            grant.source.reference: grant
+            for grant in reply.grants
+            if grant.source.provider == provider
+        }
+        if reinstated_key(payment_key) in by_reference:
+            return
+        revoked = by_reference.get(payment_key)
+        if revoked is None or not revoked.revoked:
+            raise Retryable(f"no revoked grant of {payment_key} yet")
+        request = entitlements_pb2.GrantEntitlementRequest(
+            user_id=user_id,
+            entitlement=revoked.entitlement,
+            source=entitlements_pb2.Source(
+                provider=provider, reference=reinstated_key(payment_key)
+            ),
+            event_id=event_id,
+            purchased_at=revoked.purchased_at,
+            reason="dispute won: the revoked time is given back",
+            granted_by="payments",
+        )
+        if revoked.lifetime:
+            request.lifetime = True
+        elif revoked.HasField("until"):
+            request.until.CopyFrom(revoked.until)
+        else:
+            request.duration_seconds = revoked.duration_seconds
+        try:
+            await self._entitlements.GrantEntitlement(request, timeout=CALL_DEADLINE_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            raise _classify(error, "entitlements.GrantEntitlement") from None

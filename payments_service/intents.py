@@ -18,11 +18,30 @@ def shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Why an event was kept as failed: a bounded set, so each can be counted and alerted on.
+FAILURE_CODES = (
+    "price_mismatch",  # not the sku's price, or not in a currency it is sold in
+    "livemode_mismatch",  # a live event in a test deployment, or the reverse
+    "unknown_payer",  # who paid cannot be told
+    "unknown_sku",  # what was bought cannot be told
+    "bad_payload",  # the body lacks what its type needs
+    "refused",  # a downstream refused the effect for good (INVALID_ARGUMENT, NOT_FOUND …)
+    "database_refused",  # the database can never store it (a NUL byte, an out-of-range value)
+    "too_many_attempts",  # it kept failing; the last error follows
+)
+
+
 class Unprocessable(Exception):
     """The event can never be processed as it is (who paid, or what, cannot be told).
 
     It is kept as failed with this reason, and can be replayed once the cause is fixed.
+    Its text leads with the code in brackets: `[price_mismatch] vip_30d costs 9900 usd …`.
     """
+
+    def __init__(self, message: str, code: str = "bad_payload") -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,8 @@ class Grant:
     # A fixed end (a subscription period, a recurring Stars payment) instead of the sku's days.
     until: datetime | None = None
     subscription_id: str | None = None
+    # The invoice this grant pays for; None for a one-off purchase (charge, intent, Checkout).
+    invoice_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,10 +83,31 @@ class Record:
 
     provider: str
     payment_key: str
-    status: str  # failed, partially_refunded, awaiting_payment
+    status: str  # failed, partially_refunded, awaiting_payment, authorized, dispute_lost
     amount: int = 0
     currency: str = ""
     amount_refunded: int = 0
+
+
+@dataclass(frozen=True)
+class LinkInvoicePayment:
+    """Stripe (API 2025-03-31.basil and newer): this payment paid that invoice.
+
+    Lets a refund or dispute of the payment reach the invoice's grant, and keeps a charge of
+    the invoice from granting a second time.
+    """
+
+    provider: str
+    payment_key: str
+    invoice_id: str
+
+
+@dataclass(frozen=True)
+class Reinstate:
+    """A dispute was won: the time its revoke took is given back."""
+
+    provider: str
+    payment_key: str
 
 
 @dataclass(frozen=True)
@@ -80,4 +122,4 @@ class Ignore:
     reason: str
 
 
-Intent = Grant | Revoke | Record | SubscriptionState | Ignore
+Intent = Grant | Revoke | Record | LinkInvoicePayment | Reinstate | SubscriptionState | Ignore

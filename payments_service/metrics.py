@@ -32,6 +32,15 @@ EVENT_RETRIES = Counter(
     "Attempts put off because a downstream could not answer, by provider.",
     ["provider"],
 )
+EVENTS_FAILED = Counter(
+    "paylayer_payments_events_failed_total",
+    "Events kept as failed (replayable), by provider and reason code (price_mismatch, …).",
+    ["provider", "reason"],
+)
+INBOX_FAILED = Gauge(
+    "paylayer_payments_inbox_failed",
+    "Events kept as failed and not yet replayed: each needs an operator's look.",
+)
 INBOX_PENDING = Gauge("paylayer_payments_inbox_pending", "Events received and not yet applied.")
 INBOX_OLDEST_PENDING_AGE = Gauge(
     "paylayer_payments_inbox_oldest_pending_age_seconds",
@@ -43,8 +52,9 @@ async def watch_inbox(store: Store, interval_seconds: float = 2.0) -> None:
     """Keep the inbox gauges current; one cheap indexed query every couple of seconds."""
     while True:
         try:
-            depth, oldest = await store.inbox_depth()
+            depth, oldest, failed = await store.inbox_depth()
             INBOX_PENDING.set(depth)
+            INBOX_FAILED.set(failed)
             INBOX_OLDEST_PENDING_AGE.set(
                 (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0
             )

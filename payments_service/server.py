@@ -26,7 +26,13 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
     bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
     store = Store(engine)
     workers = int(os.environ.get("PAYMENTS_WORKERS", workers))
-    processor = Processor(store, Downstream(accounts, entitlements), catalogue, workers=workers)
+    processor = Processor(
+        store,
+        Downstream(accounts, entitlements),
+        catalogue,
+        workers=workers,
+        stripe_livemode=settings.stripe_livemode,
+    )
     servicer = PaymentsServicer(store, processor, catalogue, bot)
 
     async def close() -> None:

@@ -178,7 +178,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                 ),
             )
         recorded, duplicate = await self.store.record(
-            "telegram", str(update_id), kind, request.payload
+            "telegram", telegram_updates.event_key(update, kind), kind, request.payload
         )
         self._count(recorded, duplicate)
         return payments_pb2.HandleTelegramUpdateResponse(
@@ -269,7 +269,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         )
         event, _ = await self.store.record(
             "telegram",
-            f"refund-{request.payment_key}",
+            telegram_updates.event_key(refund, "refunded_payment"),
             "refunded_payment",
             json.dumps(refund).encode(),
         )
@@ -293,7 +293,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                 continue
             event, duplicate = await self.store.record(
                 "telegram",
-                f"reconcile-{charge_id}",
+                telegram_updates.event_key(update, "successful_payment"),
                 "successful_payment",
                 json.dumps(update).encode(),
             )

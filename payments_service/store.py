@@ -13,17 +13,22 @@ from sqlalchemy import Interval, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from payments_service.tables import inbox, payments
+from payments_service.tables import inbox, invoice_payments, payments
 
 # A purchase's status only moves forward: a late `charge.failed` never hides a success, and a
 # late `charge.succeeded` never hides a refund.
 STATUS_RANK = {
     "failed": 0,
     "awaiting_payment": 1,
-    "succeeded": 2,
-    "partially_refunded": 3,
-    "refunded": 4,
-    "disputed": 5,
+    "authorized": 2,
+    "succeeded": 3,
+    # Paid an invoice whose own grant stands for it (Stripe basil): its charge's grant was undone.
+    "superseded": 4,
+    "partially_refunded": 5,
+    "refunded": 6,
+    "disputed": 7,
+    "dispute_lost": 8,
+    "dispute_won": 9,
 }
 
 
@@ -97,6 +102,23 @@ _RETRY_LATER = (
         next_attempt_at=func.now() + bindparam("delay", type_=Interval()),
     )
 )
+# An attempt that failed, counted after its own transaction rolled back. Only if nobody has
+# counted or finished it since: the row is no longer locked by then.
+_COUNT_FAILED_ATTEMPT = (
+    update(inbox)
+    .where(
+        inbox.c.id == bindparam("inbox_id"),
+        inbox.c.status == "pending",
+        inbox.c.attempts == bindparam("attempts_seen"),
+    )
+    .values(
+        status=bindparam("status"),
+        error=bindparam("error"),
+        attempts=inbox.c.attempts + 1,
+        next_attempt_at=func.now() + bindparam("delay", type_=Interval()),
+        processed_at=bindparam("processed_at", type_=inbox.c.processed_at.type),
+    )
+)
 
 
 def _upsert_payment_statement() -> Any:
@@ -111,6 +133,7 @@ def _upsert_payment_statement() -> Any:
         "amount_refunded",
         "subscription_id",
         "purchased_at",
+        "invoice_id",
     )
     statement = insert(payments).values(
         {name: bindparam(name, type_=payments.c[name].type) for name in names}
@@ -135,6 +158,7 @@ def _upsert_payment_statement() -> Any:
             "amount_refunded": func.greatest(stored.amount_refunded, incoming.amount_refunded),
             "subscription_id": func.coalesce(stored.subscription_id, incoming.subscription_id),
             "purchased_at": func.coalesce(stored.purchased_at, incoming.purchased_at),
+            "invoice_id": func.coalesce(stored.invoice_id, incoming.invoice_id),
             "updated_at": func.now(),
         },
     )
@@ -213,6 +237,74 @@ class Store:
             _RETRY_LATER, {"inbox_id": event.id, "error": error, "delay": delay}
         )
 
+    async def count_failed_attempt(
+        self, event: Event, error: str, delay: timedelta, *, give_up: bool
+    ) -> bool:
+        """After a rolled-back attempt: count it, and reschedule the event or fail it for good.
+
+        False when the row had moved on meanwhile (another worker counted or finished it).
+        """
+        async with self._single.connect() as connection:
+            result = await connection.execute(
+                _COUNT_FAILED_ATTEMPT,
+                {
+                    "inbox_id": event.id,
+                    "attempts_seen": event.attempts,
+                    "status": "failed" if give_up else "pending",
+                    "error": error,
+                    "delay": timedelta(0) if give_up else delay,
+                    "processed_at": datetime.now(UTC) if give_up else None,
+                },
+            )
+            return bool(result.rowcount)
+
+    @staticmethod
+    async def lock_payment(connection: AsyncConnection, provider: str, payment_key: str) -> None:
+        """Serialise every event of one payment until the transaction ends.
+
+        A refund and the link of its payment to an invoice, handled at once by two workers,
+        would otherwise each miss what the other is writing.
+        """
+        await connection.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key"), 0))),
+            {"key": f"{provider}:{payment_key}"},
+        )
+
+    @staticmethod
+    async def invoice_of_payment(
+        connection: AsyncConnection, provider: str, payment_key: str
+    ) -> str | None:
+        found = await connection.scalar(
+            select(invoice_payments.c.invoice_id).where(
+                invoice_payments.c.provider == provider,
+                invoice_payments.c.payment_key == payment_key,
+            )
+        )
+        return str(found) if found is not None else None
+
+    @staticmethod
+    async def link_invoice_payment(
+        connection: AsyncConnection, provider: str, payment_key: str, invoice_id: str
+    ) -> None:
+        await connection.execute(
+            insert(invoice_payments)
+            .values(provider=provider, payment_key=payment_key, invoice_id=invoice_id)
+            .on_conflict_do_nothing(constraint="invoice_payments_pkey")
+        )
+
+    @staticmethod
+    async def payment_row(
+        connection: AsyncConnection, provider: str, payment_key: str
+    ) -> dict[str, Any] | None:
+        row = (
+            await connection.execute(
+                select(payments).where(
+                    payments.c.provider == provider, payments.c.payment_key == payment_key
+                )
+            )
+        ).first()
+        return dict(row._mapping) if row is not None else None
+
     @staticmethod
     async def upsert_payment(
         connection: AsyncConnection,
@@ -227,6 +319,7 @@ class Store:
         amount_refunded: int = 0,
         subscription_id: str | None = None,
         purchased_at: datetime | None = None,
+        invoice_id: str | None = None,
     ) -> None:
         await connection.execute(
             _UPSERT_PAYMENT,
@@ -241,6 +334,7 @@ class Store:
                 "amount_refunded": amount_refunded,
                 "subscription_id": subscription_id,
                 "purchased_at": purchased_at,
+                "invoice_id": invoice_id,
             },
         )
 
@@ -329,7 +423,8 @@ class Store:
             ).first()
             return dict(row._mapping) if row is not None else None
 
-    async def inbox_depth(self) -> tuple[int, datetime | None]:
+    async def inbox_depth(self) -> tuple[int, datetime | None, int]:
+        """Pending events, when the oldest of them came, and failed events."""
         async with self._single.connect() as connection:
             row = (
                 await connection.execute(
@@ -338,7 +433,10 @@ class Store:
                     )
                 )
             ).one()
-            return int(row[0]), row[1]
+            failed = await connection.scalar(
+                select(func.count()).select_from(inbox).where(inbox.c.status == "failed")
+            )
+            return int(row[0]), row[1], int(failed or 0)
 
     async def telegram_purchase(self, charge_id: str) -> dict[str, Any] | None:
         """The successful_payment that brought this charge: buyer and invoice payload."""

@@ -1,7 +1,13 @@
-"""Stripe events to intents: routing and attribution (who paid, what was bought), pure."""
+"""Stripe events to intents: routing, attribution (who paid, what) and what was paid, pure.
+
+A granting event grants only what it paid for: the sku's price in a currency it is sold in
+(tax that Stripe reports apart not counted), in the deployment's mode (live or test), and only
+once the money is captured.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,8 +16,10 @@ from payments_service.intents import (
     Grant,
     Ignore,
     Intent,
+    LinkInvoicePayment,
     Payer,
     Record,
+    Reinstate,
     Revoke,
     SubscriptionState,
     Unprocessable,
@@ -22,6 +30,7 @@ PROVIDER = "stripe"
 
 GRANTING = {
     "charge.succeeded",
+    "charge.captured",
     "payment_intent.succeeded",
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
@@ -61,7 +70,9 @@ def payment_key(obj: dict[str, Any]) -> str:
             obj.get("charge") if obj.get("object") == "dispute" else obj.get("id")
         )
     if not key:
-        raise Unprocessable(f"{obj.get('object', 'object')} has no payment intent or charge id")
+        raise Unprocessable(
+            f"{shown(obj.get('object', 'object'))} has no payment intent or charge id"
+        )
     return key
 
 
@@ -92,7 +103,8 @@ def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
     if telegram_user_id:
         if _telegram_id(telegram_user_id) is None:
             raise Unprocessable(
-                f"metadata.telegram_user_id is not a Telegram id: {shown(telegram_user_id)}"
+                f"metadata.telegram_user_id is not a Telegram id: {shown(telegram_user_id)}",
+                "unknown_payer",
             )
         return Payer(telegram_user_id=_telegram_id(telegram_user_id), customer=customer)
     reference = obj.get("client_reference_id")
@@ -106,7 +118,8 @@ def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
         return Payer(customer=customer)
     raise Unprocessable(
         "cannot tell who paid: no metadata.user_id, metadata.telegram_user_id, "
-        "client_reference_id or customer"
+        "client_reference_id or customer",
+        "unknown_payer",
     )
 
 
@@ -115,38 +128,82 @@ def sku(catalogue: Catalogue, metadata: dict[str, str], amount: int, currency: s
     named = metadata.get("sku")
     if named:
         if named not in catalogue.skus:
-            raise Unprocessable(f"unknown sku {shown(named)}")
+            raise Unprocessable(f"unknown sku {shown(named)}", "unknown_sku")
         return catalogue.skus[named]
     matched = catalogue.sku_for_stripe_price(amount, currency)
     if matched is None:
         raise Unprocessable(
-            f"cannot tell what was bought: no metadata.sku and no sku priced {amount} {currency}"
+            "cannot tell what was bought: no metadata.sku and no sku priced "
+            f"{amount} {shown(currency)}",
+            "unknown_sku",
         )
     return matched
+
+
+@dataclass(frozen=True)
+class Paid:
+    """What a payment object says was paid: the total, and the parts that are not the price."""
+
+    amount: int
+    currency: str
+    tax: int = 0
+    discount: int = 0
+
+
+def check_price(product: Sku, paid: Paid) -> None:
+    """Refuse anything but the sku's price in a currency it is sold in.
+
+    Tax is not part of the price. A discount may cover the difference only where the catalogue
+    allows discounts for this sku.
+    """
+    price = product.stripe_price(paid.currency)
+    if price is None:
+        raise Unprocessable(
+            f"{product.name} is not sold in {shown(paid.currency)} by card", "price_mismatch"
+        )
+    net = paid.amount - paid.tax
+    if net == price.amount:
+        return
+    if product.discounts and paid.discount > 0 and net + paid.discount == price.amount:
+        return
+    discounted = f" with a discount of {paid.discount}" if paid.discount else ""
+    raise Unprocessable(
+        f"{product.name} costs {price.amount} {price.currency}; "
+        f"paid {net}{discounted} (tax {paid.tax} aside)",
+        "price_mismatch",
+    )
+
+
+def _currency(obj: dict[str, Any]) -> str:
+    currency = obj.get("currency")
+    return currency.lower() if isinstance(currency, str) else ""
 
 
 def _grant(
     catalogue: Catalogue,
     obj: dict[str, Any],
     key: str,
-    amount: int,
+    paid: Paid,
     purchased_at: datetime,
     until: datetime | None = None,
     subscription_id: str | None = None,
+    invoice_id: str | None = None,
     extra_metadata: tuple[Any, ...] = (),
 ) -> Grant:
     metadata = _metadata(obj.get("metadata"), *extra_metadata)
-    currency = str(obj.get("currency") or "").lower()
+    bought = sku(catalogue, metadata, paid.amount - paid.tax, paid.currency)
+    check_price(bought, paid)
     return Grant(
         provider=PROVIDER,
         payment_key=key,
         payer=payer(obj, metadata),
-        sku=sku(catalogue, metadata, amount, currency),
+        sku=bought,
         purchased_at=purchased_at,
-        amount=amount,
-        currency=currency,
+        amount=paid.amount,
+        currency=paid.currency,
         until=until,
         subscription_id=subscription_id,
+        invoice_id=invoice_id,
     )
 
 
@@ -160,7 +217,22 @@ def _list(value: Any) -> list[dict[str, Any]]:
     return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
 
 
+def _sum_amounts(value: Any) -> int:
+    """The total of a list of `{amount: …}` (tax or discount amounts)."""
+    if not isinstance(value, list):
+        return 0
+    return sum(_int(item.get("amount")) for item in value if isinstance(item, dict))
+
+
+def _invoice_tax(obj: dict[str, Any]) -> int:
+    # `tax` up to 2024-era versions; `total_taxes` from 2025-03-31.basil on.
+    return _int(obj.get("tax")) or _sum_amounts(obj.get("total_taxes"))
+
+
 def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) -> Intent:
+    invoice_id = _text(obj.get("id"))
+    if not invoice_id:
+        raise Unprocessable("invoice has no id")
     lines = _list(obj.get("lines"))
     ends = [_timestamp(_dict(line.get("period")).get("end")) for line in lines]
     until = max((end for end in ends if end), default=None)
@@ -174,69 +246,119 @@ def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) 
         subscription_details.get("subscription")
     )
     first_line = lines[0] if lines else {}
-    amount = (
-        _int(_dict(first_line.get("price")).get("unit_amount"))
-        or _int(first_line.get("amount"))
-        or _int(obj.get("amount_paid"))
-    )
-    # The invoice's payment intent keys it like the charge that paid it: one purchase, one grant.
+    # Up to 2024-06-20 the invoice names its payment intent: the charge that paid it is then the
+    # same purchase. From basil on it does not (unless `payments` was expanded), and the link
+    # comes as an invoice_payment.paid event.
     intent_of_payment = next(
         (_text(_dict(p.get("payment")).get("payment_intent")) for p in _list(obj.get("payments"))),
         None,
     )
-    key = _text(obj.get("payment_intent")) or intent_of_payment or _text(obj.get("id"))
-    if not key:
-        raise Unprocessable("invoice has no id")
+    key = _text(obj.get("payment_intent")) or intent_of_payment or invoice_id
+    paid = Paid(
+        amount=_int(obj.get("amount_paid")),
+        currency=_currency(obj),
+        tax=_invoice_tax(obj),
+        discount=_sum_amounts(obj.get("total_discount_amounts")),
+    )
     return _grant(
         catalogue,
         obj,
         key,
-        amount,
+        paid,
         purchased_at=_timestamp(_dict(obj.get("status_transitions")).get("paid_at")) or created,
         until=until,
         subscription_id=subscription_id,
+        invoice_id=invoice_id,
         extra_metadata=(subscription_details.get("metadata"), first_line.get("metadata")),
     )
 
 
-def interpret(event: dict[str, Any], catalogue: Catalogue) -> Intent:
-    """What this verified Stripe event means. Raises Unprocessable when it cannot be told."""
+def _invoice_payment(obj: dict[str, Any]) -> Intent:
+    """An InvoicePayment (basil and newer): which payment paid which invoice."""
+    if obj.get("status") != "paid":
+        return Ignore("invoice payment is not paid")
+    invoice_id = _text(obj.get("invoice"))
+    payment = _dict(obj.get("payment"))
+    key = _text(payment.get("payment_intent")) or _text(payment.get("charge"))
+    if not invoice_id or not key:
+        raise Unprocessable("invoice payment names no invoice, or no payment intent or charge")
+    return LinkInvoicePayment(PROVIDER, key, invoice_id)
+
+
+def _checkout_session(catalogue: Catalogue, obj: dict[str, Any], created: datetime) -> Intent:
+    if obj.get("mode") == "subscription":
+        return Ignore("subscription checkout: its invoice.paid grants")
+    amount = _int(obj.get("amount_total"))
+    if obj.get("payment_status") != "paid":
+        return Record(PROVIDER, payment_key(obj), "awaiting_payment", amount, _currency(obj))
+    totals = _dict(obj.get("total_details"))
+    paid = Paid(
+        amount=amount,
+        currency=_currency(obj),
+        tax=_int(totals.get("amount_tax")),
+        discount=_int(totals.get("amount_discount")),
+    )
+    return _grant(catalogue, obj, payment_key(obj), paid, created)
+
+
+def _charge_or_intent(
+    catalogue: Catalogue, event_type: str, obj: dict[str, Any], created: datetime
+) -> Intent:
+    if obj.get("object") == "payment_intent":
+        paid = Paid(_int(obj.get("amount_received")), _currency(obj))
+        return _grant(catalogue, obj, payment_key(obj), paid, created)
+    if _text(obj.get("invoice")):
+        return Ignore("charge of an invoice: its invoice.paid grants")
+    if obj.get("captured") is False:
+        # Only authorised: the money may never move. charge.captured grants, if it comes.
+        return Record(
+            PROVIDER, payment_key(obj), "authorized", _int(obj.get("amount")), _currency(obj)
+        )
+    captured = obj.get("amount_captured")
+    amount = _int(captured) if captured is not None else _int(obj.get("amount"))
+    return _grant(catalogue, obj, payment_key(obj), Paid(amount, _currency(obj)), created)
+
+
+def _dispute_closed(obj: dict[str, Any]) -> Intent:
+    status = obj.get("status")
+    if status == "won":
+        return Reinstate(PROVIDER, payment_key(obj))
+    if status == "lost":
+        return Record(PROVIDER, payment_key(obj), "dispute_lost")
+    return Ignore(f"dispute closed as {shown(status)}")
+
+
+def interpret(event: dict[str, Any], catalogue: Catalogue, *, livemode: bool = False) -> Intent:
+    """What this verified Stripe event means. Raises Unprocessable when it cannot be told.
+
+    `livemode` is the deployment's mode: an event from the other mode is refused whole.
+    """
     event_type = event.get("type")
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(event_type, str) or not isinstance(obj, dict):
         raise Unprocessable("not a Stripe event: type or data.object missing")
+    event_livemode = event.get("livemode") is True
+    if event_livemode != livemode:
+        raise Unprocessable(
+            f"a {'live' if event_livemode else 'test'}-mode event reached a "
+            f"{'live' if livemode else 'test'}-mode deployment",
+            "livemode_mismatch",
+        )
     created = (
         _timestamp(obj.get("created")) or _timestamp(event.get("created")) or datetime.now(UTC)
     )
 
+    if event_type.startswith("checkout.session.") and event_type in GRANTING:
+        return _checkout_session(catalogue, obj, created)
     if event_type in GRANTING:
-        if event_type.startswith("checkout.session."):
-            if obj.get("mode") == "subscription":
-                return Ignore("subscription checkout: its invoice.paid grants")
-            if obj.get("payment_status") != "paid":
-                return Record(
-                    PROVIDER,
-                    payment_key(obj),
-                    "awaiting_payment",
-                    _int(obj.get("amount_total")),
-                    str(obj.get("currency") or ""),
-                )
-            return _grant(catalogue, obj, payment_key(obj), _int(obj.get("amount_total")), created)
-        if event_type == "charge.succeeded" and _text(obj.get("invoice")):
-            return Ignore("charge of an invoice: its invoice.paid grants")
-        amount = _int(obj.get("amount_received")) or _int(obj.get("amount"))
-        return _grant(catalogue, obj, payment_key(obj), amount, created)
+        return _charge_or_intent(catalogue, event_type, obj, created)
     if event_type == "invoice.paid":
         return _invoice_paid(catalogue, obj, created)
+    if event_type == "invoice_payment.paid":
+        return _invoice_payment(obj)
     if event_type == "charge.failed":
-        return Record(
-            PROVIDER,
-            payment_key(obj),
-            "failed",
-            _int(obj.get("amount")),
-            str(obj.get("currency") or ""),
-        )
+        return Record(PROVIDER, payment_key(obj), "failed", _int(obj.get("amount")), _currency(obj))
     if event_type == "charge.refunded":
         amount, refunded = _int(obj.get("amount")), _int(obj.get("amount_refunded"))
         if obj.get("refunded") is True or (amount and refunded >= amount):
@@ -246,11 +368,13 @@ def interpret(event: dict[str, Any], catalogue: Catalogue) -> Intent:
             payment_key(obj),
             "partially_refunded",
             amount,
-            str(obj.get("currency") or ""),
+            _currency(obj),
             refunded,
         )
     if event_type == "charge.dispute.created":
         return Revoke(PROVIDER, payment_key(obj), "disputed")
+    if event_type == "charge.dispute.closed":
+        return _dispute_closed(obj)
     if event_type == "customer.subscription.deleted":
         subscription_id = _text(obj.get("id"))
         if not subscription_id:

@@ -51,6 +51,7 @@ Index(
     postgresql_where=text("status = 'pending'"),
 )
 Index("inbox_status_type_idx", inbox.c.status, inbox.c.event_type, inbox.c.id)
+Index("inbox_failed_idx", inbox.c.id, postgresql_where=text("status = 'failed'"))
 
 # One row per purchase, keyed by the payment intent (else the charge) or the Telegram charge id.
 payments = Table(
@@ -67,9 +68,24 @@ payments = Table(
     Column("subscription_id", Text),
     Column("subscription_state", Text, nullable=False, server_default=""),
     Column("purchased_at", DateTime(timezone=True)),
+    # The invoice this purchase paid for (a subscription period), when it was one.
+    Column("invoice_id", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("provider", "payment_key", name="payments_pkey"),
 )
 Index("payments_user_idx", payments.c.user_id, payments.c.created_at)
 Index("payments_subscription_idx", payments.c.subscription_id)
+
+# Stripe from API 2025-03-31.basil: the payment (intent or charge) that paid an invoice. Its
+# refund or dispute revokes the invoice's grant, and its own charge event grants nothing.
+invoice_payments = Table(
+    "invoice_payments",
+    metadata,
+    Column("provider", Text, nullable=False),
+    Column("payment_key", Text, nullable=False),
+    Column("invoice_id", Text, nullable=False),
+    Column("linked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("provider", "payment_key", name="invoice_payments_pkey"),
+)
+Index("invoice_payments_invoice_idx", invoice_payments.c.provider, invoice_payments.c.invoice_id)

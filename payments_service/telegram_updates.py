@@ -5,6 +5,8 @@ A Stars invoice payload is `<sku>` or `<sku>:<anything>` (a nonce), at most 128 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +49,34 @@ def update_kind(update: dict[str, Any]) -> str | None:
     return None
 
 
+def _charge_id(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= 200 and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+def event_key(update: dict[str, Any], kind: str) -> str:
+    """The inbox key of a payment update: its charge, never its update_id alone.
+
+    Telegram reuses update ids (they restart after a week without updates, and for a re-created
+    bot), so a seen update id must never hide a new charge. A redelivery of the same update
+    has the same key, and so takes effect once.
+    """
+    message = update.get("message")
+    if kind in ("successful_payment", "refunded_payment") and isinstance(message, dict):
+        charge = _charge_id(_dict(message.get(kind)).get("telegram_payment_charge_id"))
+        if charge is not None:
+            return f"{'payment' if kind == 'successful_payment' else 'refund'}:{charge}"
+    # No charge to key by: the update id plus what it says, so a reused id with new content
+    # is a new event, and a redelivery is not.
+    content = json.dumps(update.get(kind) or message, sort_keys=True, default=str)
+    return f"{kind}:{update.get('update_id')}:{hashlib.sha256(content.encode()).hexdigest()[:24]}"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def sku_of_payload(catalogue: Catalogue, payload: Any) -> Sku:
     if not isinstance(payload, str) or not payload:
         raise Unprocessable("invoice payload is missing")
@@ -54,17 +84,19 @@ def sku_of_payload(catalogue: Catalogue, payload: Any) -> Sku:
         raise Unprocessable("invoice payload is over 128 bytes")
     name = payload.split(":", 1)[0]
     if name not in catalogue.skus:
-        raise Unprocessable(f"unknown sku {shown(name)}")
+        raise Unprocessable(f"unknown sku {shown(name)}", "unknown_sku")
     return catalogue.skus[name]
 
 
 def check_price(sku: Sku, currency: Any, total_amount: Any) -> None:
     if currency != STARS:
-        raise Unprocessable(f"currency must be {STARS}, not {shown(currency)}")
+        raise Unprocessable(f"currency must be {STARS}, not {shown(currency)}", "price_mismatch")
     if sku.stars is None:
-        raise Unprocessable(f"{sku.name} cannot be bought with Stars")
+        raise Unprocessable(f"{sku.name} cannot be bought with Stars", "price_mismatch")
     if total_amount != sku.stars:
-        raise Unprocessable(f"{sku.name} costs {sku.stars} Stars, not {shown(total_amount)}")
+        raise Unprocessable(
+            f"{sku.name} costs {sku.stars} Stars, not {shown(total_amount)}", "price_mismatch"
+        )
 
 
 def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerdict:
@@ -73,7 +105,7 @@ def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerd
         sku = sku_of_payload(catalogue, query.get("invoice_payload"))
         check_price(sku, query.get("currency"), query.get("total_amount"))
     except Unprocessable as reason:
-        return PreCheckoutVerdict(False, f"This purchase cannot be completed: {reason}.")
+        return PreCheckoutVerdict(False, f"This purchase cannot be completed: {reason.message}.")
     return PreCheckoutVerdict(True)
 
 
@@ -91,7 +123,7 @@ def _user_id(container: dict[str, Any]) -> int:
     user = container.get("from") or container.get("user")
     user_id = user.get("id") if isinstance(user, dict) else None
     if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id < 2**63:
-        raise Unprocessable("update names no user")
+        raise Unprocessable("update names no user", "unknown_payer")
     return user_id
 
 

@@ -50,12 +50,15 @@ def stripe_event(
     period_end: int | None = None,
     subscription: str | None = None,
     event_id: str | None = None,
+    currency: str | None = None,
+    livemode: bool = False,
 ) -> dict[str, Any]:
     """A Stripe event of `event_type`, attributed through metadata as our checkout sets it."""
     now = created or int(time.time())
     product = catalogue.skus[sku] if sku else None
-    price = amount if amount is not None else (product.stripe_amount if product else 2900) or 0
-    currency = (product.stripe_currency if product else None) or "usd"
+    listed = product.stripe_prices[0] if product and product.stripe_prices else None
+    price = amount if amount is not None else (listed.amount if listed else 2900)
+    currency = currency or (listed.currency if listed else "usd")
     metadata: dict[str, str] = {}
     if sku:
         metadata["sku"] = sku
@@ -86,7 +89,7 @@ def stripe_event(
         "status": "succeeded",
     }
     obj: dict[str, Any]
-    if event_type == "charge.succeeded":
+    if event_type in ("charge.succeeded", "charge.captured"):
         obj = charge_object
     elif event_type == "charge.failed":
         obj = {
@@ -133,7 +136,7 @@ def stripe_event(
             "status": "complete",
             "subscription": None,
         }
-    elif event_type == "charge.dispute.created":
+    elif event_type.startswith("charge.dispute."):
         obj = {
             "id": _id("dp"),
             "object": "dispute",
@@ -205,7 +208,7 @@ def stripe_event(
         "api_version": STRIPE_API_VERSION,
         "created": now,
         "data": {"object": obj},
-        "livemode": False,
+        "livemode": livemode,
         "pending_webhooks": 1,
         "request": {"id": _id("req"), "idempotency_key": secrets.token_hex(8)},
         "type": event_type,
