@@ -12,8 +12,14 @@ from gateway.stripe_webhook import Rejected, verify
 from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.cli.trigger import sign_stripe, stripe_event
 from paylayer.settings import REPO_ROOT, ConfigError, Settings
-from payments_service.intents import Grant, Ignore, LinkInvoicePayment, Record, Reinstate
-from payments_service.intents import Unprocessable
+from payments_service.intents import (
+    Grant,
+    Ignore,
+    LinkInvoicePayment,
+    Record,
+    Reinstate,
+    Unprocessable,
+)
 from payments_service.stripe_events import interpret
 
 
