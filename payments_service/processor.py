@@ -20,7 +20,7 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
@@ -48,6 +48,15 @@ MAX_BACKOFF_SECONDS = 10.0
 MAX_ATTEMPTS = 10
 # A ledger status that means the payment's money went back (or is being fought over).
 _MONEY_BACK = ("refunded", "disputed", "dispute_lost")
+
+
+def refused_by_database(error: BaseException) -> bool:
+    """A data exception (SQLSTATE class 22: a NUL byte, a number out of range): the database
+    will refuse this payload however often it is tried."""
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
 
 
 def backoff(attempts: int) -> timedelta:
@@ -138,7 +147,11 @@ class Processor:
                 log.warning("cannot claim inbox row %s: %r", inbox_id, error)
                 return False
             # The attempt's transaction is rolled back; count it in a transaction of its own.
-            return await self._count_failure(claimed, error)
+            token = request_id_var.set(f"{claimed.provider}:{claimed.event_id}")
+            try:
+                return await self._count_failure(claimed, error)
+            finally:
+                request_id_var.reset(token)
 
     async def _apply(self, connection: Any, event: Event) -> None:
         """Downstream calls first (idempotent), local writes last, in one transaction: an error
@@ -156,11 +169,10 @@ class Processor:
         attempt = event.attempts + 1
         if isinstance(error, Unprocessable):
             give_up, reason, code = True, str(error), error.code
-        elif isinstance(error, DataError):
-            # The database refuses this payload (a NUL byte, a number out of range): no retry
-            # can change that.
+        elif refused_by_database(error):
             give_up, code = True, "database_refused"
-            reason = f"[{code}] {type(error.orig).__name__ if error.orig else 'DataError'}"
+            sqlstate = getattr(getattr(error, "orig", None), "sqlstate", "")
+            reason = f"[{code}] the database refuses this payload (SQLSTATE {sqlstate})"
         else:
             give_up, code = attempt >= MAX_ATTEMPTS, "too_many_attempts"
             text = str(error) if isinstance(error, Retryable) else f"error: {error!r}"
@@ -176,7 +188,9 @@ class Processor:
         if give_up:
             EVENTS_FINISHED.labels(event.provider, event.event_type, "failed").inc()
             EVENTS_FAILED.labels(event.provider, code).inc()
-            unexpected = not isinstance(error, (Unprocessable, Retryable, DataError))
+            unexpected = not isinstance(error, (Unprocessable, Retryable)) and code != (
+                "database_refused"
+            )
             log.error(
                 "event %s kept as failed after %d attempt(s): %s",
                 event.event_id,
