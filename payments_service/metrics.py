@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
 
+from payments_service.intents import FAILURE_CODES
 from payments_service.store import Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ EVENTS_FAILED = Counter(
     "Events kept as failed (replayable), by provider and reason code (price_mismatch, …).",
     ["provider", "reason"],
 )
+# Every series exists from the start, at 0, so an alert on its increase sees the first failure.
+for _provider in ("stripe", "telegram"):
+    for _code in FAILURE_CODES:
+        EVENTS_FAILED.labels(_provider, _code)
+
 INBOX_FAILED = Gauge(
     "paylayer_payments_inbox_failed",
     "Events kept as failed and not yet replayed: each needs an operator's look.",
