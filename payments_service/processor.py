@@ -79,6 +79,17 @@ def interpret(event: Event, catalogue: Catalogue, *, stripe_livemode: bool = Fal
     raise Unprocessable(f"unknown provider {event.provider!r}")
 
 
+def request_id_of(event: Event) -> str:
+    """The id every log line of this event carries, the one the gateway gave it: the Stripe
+    event id, or the Telegram update id (the inbox keys Telegram payments by their charge)."""
+    if event.provider == telegram_updates.PROVIDER:
+        with contextlib.suppress(ValueError, RecursionError, AttributeError):
+            update_id = json.loads(event.payload).get("update_id")
+            if isinstance(update_id, int):
+                return f"telegram:{update_id}"
+    return f"{event.provider}:{event.event_id}"
+
+
 class _Outcome:
     """How an applied event ends: processed, or ignored with a note."""
 
@@ -135,7 +146,7 @@ class Processor:
                 if event is None:
                     return False
                 claimed = event
-                token = request_id_var.set(f"{event.provider}:{event.event_id}")
+                token = request_id_var.set(request_id_of(event))
                 try:
                     await self._apply(connection, event)
                 finally:
@@ -147,7 +158,7 @@ class Processor:
                 log.warning("cannot claim inbox row %s: %r", inbox_id, error)
                 return False
             # The attempt's transaction is rolled back; count it in a transaction of its own.
-            token = request_id_var.set(f"{claimed.provider}:{claimed.event_id}")
+            token = request_id_var.set(request_id_of(claimed))
             try:
                 return await self._count_failure(claimed, error)
             finally:
