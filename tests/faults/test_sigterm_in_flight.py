@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from entitlements_service.wire import timestamp
 from gateway.stripe_webhook import PAYMENTS_DEADLINE_SECONDS
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
+from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
@@ -278,53 +278,50 @@ async def test_accounts_finishes_the_user_it_holds_and_the_gateway_never_503s(
 async def test_the_gateway_answers_the_request_it_holds_when_sigtermed(
     drain_stack: Stack, drain_engine: AsyncEngine
 ) -> None:
-    """A request inside the gateway (headers read, body not yet sent) when SIGTERM lands: the
-    gateway stops taking new connections but answers that one, and its event is committed.
+    """A webhook inside the gateway, waiting on payments (held on its inbox insert), when
+    SIGTERM lands: the gateway stops taking connections but answers that one with its 200.
 
-    `Expect: 100-continue` is how we know the request is in: aiohttp says "100 Continue" only
-    once it has routed the request to our handler."""
+    The gateway gives payments 1.8 s, so the row must be let go before then; an attempt where
+    this machine was too slow to do so proves nothing either way and is made again."""
     catalogue = load_catalogue(drain_stack.settings.catalogue_path)
-    buyer = new_buyer()
-    body = json.dumps(
-        stripe_event(
+    host, port = drain_stack.addrs["gateway"].rsplit(":", 1)
+    for _attempt in range(3):
+        buyer = new_buyer()
+        event = stripe_event(
             "checkout.session.completed", catalogue, sku="premium_30d", telegram_user_id=buyer
         )
-    ).encode()
-    event_id = json.loads(body)["id"]
-    host, port = drain_stack.addrs["gateway"].rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    signature = sign_stripe(body.decode(), drain_stack.settings.stripe_webhook_secrets[0])
-    writer.write(
-        (
-            "POST /api/v1/stripe/webhook HTTP/1.1\r\n"
-            f"Host: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nStripe-Signature: {signature}\r\n"
-            "Expect: 100-continue\r\n\r\n"
-        ).encode()
-    )
-    await writer.drain()
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert interim.startswith(b"HTTP/1.1 100"), interim
-
-    drain_stack.processes["gateway"].send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while True:  # until the gateway refuses new connections: it is draining
-        try:
-            _, probe = await asyncio.open_connection(host, int(port))
-            probe.close()
-        except OSError:
+        async with (
+            holding(
+                drain_engine,
+                "INSERT INTO payments.inbox (provider, event_id, event_type, payload)"
+                " VALUES ('stripe', :id, 'held', '\\x7b7d')",
+                id=event["id"],
+            ) as blocker,
+            aiohttp.ClientSession() as http,
+        ):
+            posted_at = time.monotonic()
+            answer = asyncio.ensure_future(post_stripe(http, drain_stack, event))
+            await until_blocked(drain_engine, "payments")
+            drain_stack.processes["gateway"].send_signal(signal.SIGTERM)
+            while True:  # until the gateway refuses new connections: it is draining
+                try:
+                    _, probe = await asyncio.open_connection(host, int(port))
+                    probe.close()
+                except OSError:
+                    break
+                await asyncio.sleep(0.01)
+            still_running = drain_stack.processes["gateway"].poll() is None
+            await blocker.rollback()
+            released_in_time = time.monotonic() - posted_at < PAYMENTS_DEADLINE_SECONDS - 0.5
+            status, _ = await answer
+        assert await restart(drain_stack, "gateway") == 0
+        if released_in_time:
             break
-        assert time.monotonic() < deadline, "the gateway kept accepting after SIGTERM"
-        await asyncio.sleep(0.02)
-    assert drain_stack.processes["gateway"].poll() is None, "exited with a request open"
-    writer.write(body)
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    status_line = answer.split(b"\r\n", 1)[0]
-    assert status_line.startswith(b"HTTP/1.1 200"), answer[:300]
-    assert await restart(drain_stack, "gateway") == 0
-    purchase = Purchase("stripe", event_id, buyer, [200])
+    else:
+        pytest.skip("this machine never let the row go within the gateway's deadline")
+    assert still_running, "the gateway exited with a request open"
+    assert status == 200
+    purchase = Purchase("stripe", event["id"], buyer, [200])
     await settle(drain_engine, [purchase], within=60)
     await assert_each_took_effect_once(drain_stack, [purchase])
 
