@@ -138,12 +138,10 @@ async def test_killed_after_the_grant_and_before_the_commit(
         await blocker.rollback()
     fault_stack.start("payments")
     await fault_stack.up()
-    await settle(fault_engine, [Purchase("stripe", event["id"], buyer, [200])], within=60)
-    await assert_each_took_effect_once(fault_stack, [Purchase("stripe", event["id"], buyer, [200])])
-    figure(
-        "payments killed after grant, before commit",
-        [Purchase("stripe", event["id"], buyer, [200])],
-    )
+    purchase = [Purchase("stripe", event["id"], buyer, [200])]
+    await settle(fault_engine, purchase, within=60)
+    await assert_each_took_effect_once(fault_stack, purchase)
+    figure("payments killed after grant, before commit", purchase)
     async with fault_engine.connect() as connection:
         row = (
             await connection.execute(select(payments).where(payments.c.payment_key == intent))
