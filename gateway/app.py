@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,6 +21,19 @@ from protos.payments.v1 import payments_pb2_grpc
 
 # Providers never send more; a bigger body is refused before it is read.
 MAX_BODY_BYTES = 1024 * 1024
+
+
+class _MalformedRequestsAreNotOurErrors(logging.Filter):
+    """aiohttp answers a malformed request 400 and then logs it as an ERROR with a traceback:
+    any client on the internet could fill the error log. Kept as one warning line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.getMessage()}: malformed HTTP ({error.message})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -56,6 +71,7 @@ async def _payments_channel(app: web.Application) -> AsyncIterator[None]:
 
 
 def init_app(settings: Settings) -> web.Application:
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequestsAreNotOurErrors())
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_payments_channel)

@@ -313,10 +313,19 @@ async def test_a_manual_grant_and_its_revoke_are_audited_with_who_and_why(
     ]
 
 
-async def test_the_audit_cannot_be_rewritten(engine: AsyncEngine) -> None:
-    with pytest.raises(DBAPIError, match="append-only"):
-        async with engine.begin() as connection:
-            await connection.execute(text("DELETE FROM entitlements.audit"))
+async def test_the_audit_cannot_be_rewritten(
+    stub: EntitlementsServiceStub, engine: AsyncEngine
+) -> None:
+    # Only this test's own rows are aimed at: were the guard gone, no other test would suffer.
+    user = new_user()
+    await stub.GrantEntitlement(paid(user, days=30))
+    for statement in (
+        "DELETE FROM entitlements.audit WHERE user_id = :user",
+        "UPDATE entitlements.audit SET reason = 'rewritten' WHERE user_id = :user",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with engine.begin() as connection:
+                await connection.execute(text(statement), {"user": user})
 
 
 async def test_list_shows_every_tier_and_the_grants_with_their_windows(

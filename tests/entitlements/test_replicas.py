@@ -1,11 +1,15 @@
-"""Two replicas on one database: a change through one is seen by the other within a second,
-watchers hear every change, and losing the LISTEN connection never leaves a stale answer."""
+"""Two replicas on one database: a change through one is seen by the other, watchers hear every
+change, and losing the LISTEN connection never leaves a stale answer.
+
+How soon is a benchmark's business; here every wait is a poll with a generous deadline. The
+replicas own their database, since a test here cuts their LISTEN connections."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
 import grpc
@@ -14,17 +18,36 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from entitlements_service.server import build
+from paylayer.db import create_engine
 from paylayer.settings import Settings
 from protos.entitlements.v1 import entitlements_pb2
 from protos.entitlements.v1.entitlements_pb2_grpc import EntitlementsServiceStub
+from tests.conftest import fresh_database
 from tests.entitlements.conftest import BEARER, check, new_user, paid, revoke_of
 from tests.grpc_helpers import channel_to, serving
 
-STALE_AT_MOST_SECONDS = 1.0
+# Deadlines for polls, not promises: far above any healthy figure.
+WITHIN_SECONDS = 30.0
 
 
 @pytest.fixture(scope="module")
-async def replicas(settings: Settings) -> AsyncIterator[tuple[EntitlementsServiceStub, ...]]:
+def replicas_settings(settings: Settings, admin_database_url: str) -> Iterator[Settings]:
+    with fresh_database(admin_database_url) as url:
+        yield dataclasses.replace(settings, database_url=url)
+
+
+@pytest.fixture(scope="module")
+async def replicas_engine(replicas_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(replicas_settings.database_url, application_name="replica-tests")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def replicas(
+    replicas_settings: Settings,
+) -> AsyncIterator[tuple[EntitlementsServiceStub, ...]]:
+    settings = replicas_settings
     async with AsyncExitStack() as stack:
         stubs = []
         for _ in range(2):
@@ -53,16 +76,27 @@ async def _until_watchable(stubs: list[EntitlementsServiceStub]) -> None:
                 call.cancel()
 
 
-async def _seconds_until_inactive(stub: EntitlementsServiceStub, user: str) -> float:
-    started = time.monotonic()
-    while (await stub.CheckEntitlement(check(user))).active:
-        if time.monotonic() - started > 5:
-            break
+async def _until_active(
+    stub: EntitlementsServiceStub, user: str, active: bool, entitlement: str = "premium"
+) -> bool:
+    """Poll until the replica's answer is `active`; the last answer seen."""
+    deadline = time.monotonic() + WITHIN_SECONDS
+    while True:
+        answer = (await stub.CheckEntitlement(check(user, entitlement))).active
+        if answer == active or time.monotonic() > deadline:
+            return answer
         await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
-async def test_a_revoke_through_one_replica_is_seen_by_the_other_within_a_second(
+async def _next_change(call: grpc.aio.UnaryStreamCall) -> entitlements_pb2.EntitlementChange:
+    """The next message that is not a heartbeat."""
+    while True:
+        change = await asyncio.wait_for(call.read(), WITHIN_SECONDS)
+        if change.action != "heartbeat":
+            return change
+
+
+async def test_a_revoke_through_one_replica_is_seen_by_the_other(
     replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub],
 ) -> None:
     a, b = replicas
@@ -73,20 +107,17 @@ async def test_a_revoke_through_one_replica_is_seen_by_the_other_within_a_second
         assert (await b.CheckEntitlement(check(user))).active
 
     await a.RevokeEntitlement(revoke_of(payment))
-    assert await _seconds_until_inactive(b, user) < STALE_AT_MOST_SECONDS
+    assert await _until_active(b, user, False) is False
 
 
-async def test_a_grant_through_one_replica_is_seen_by_the_other_within_a_second(
+async def test_a_grant_through_one_replica_is_seen_by_the_other(
     replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub],
 ) -> None:
     a, b = replicas
     user = new_user()
     assert not (await b.CheckEntitlement(check(user, "vip"))).active
     await a.GrantEntitlement(paid(user, "vip", days=30))
-    started = time.monotonic()
-    while not (await b.CheckEntitlement(check(user, "premium"))).active:
-        assert time.monotonic() - started < STALE_AT_MOST_SECONDS
-        await asyncio.sleep(0.01)
+    assert await _until_active(b, user, True) is True  # vip includes premium
 
 
 async def test_a_watcher_hears_the_grants_and_revokes_of_its_user_only(
@@ -95,17 +126,20 @@ async def test_a_watcher_hears_the_grants_and_revokes_of_its_user_only(
     a, b = replicas
     user, someone_else = new_user(), new_user()
     call = b.WatchEntitlements(
-        entitlements_pb2.WatchEntitlementsRequest(user_id=user), timeout=10, metadata=BEARER
+        entitlements_pb2.WatchEntitlementsRequest(user_id=user, heartbeats=True),
+        timeout=60,
+        metadata=BEARER,
     )
     try:
-        await asyncio.sleep(0.1)  # let the subscription reach the server
+        # The first heartbeat says the subscription is live: nothing after it can be missed.
+        assert (await asyncio.wait_for(call.read(), WITHIN_SECONDS)).action == "heartbeat"
         await a.GrantEntitlement(paid(someone_else, days=30))
         payment = paid(user, "vip", days=30)
         await a.GrantEntitlement(payment)
         await a.RevokeEntitlement(revoke_of(payment))
 
-        granted = await asyncio.wait_for(call.read(), 2)
-        revoked = await asyncio.wait_for(call.read(), 2)
+        granted = await _next_change(call)
+        revoked = await _next_change(call)
     finally:
         call.cancel()
     assert (granted.action, granted.user_id, granted.entitlement) == ("grant", user, "vip")
@@ -119,16 +153,16 @@ async def test_a_watcher_of_everyone_hears_every_user_and_heartbeats_when_asked(
     a, b = replicas
     users = [new_user(), new_user()]
     call = b.WatchEntitlements(
-        entitlements_pb2.WatchEntitlementsRequest(heartbeats=True), timeout=10, metadata=BEARER
+        entitlements_pb2.WatchEntitlementsRequest(heartbeats=True), timeout=60, metadata=BEARER
     )
     try:
-        first = await asyncio.wait_for(call.read(), STALE_AT_MOST_SECONDS)
+        first = await asyncio.wait_for(call.read(), WITHIN_SECONDS)
         assert first.action == "heartbeat"
         for user in users:
             await a.GrantEntitlement(paid(user, days=1))
         heard: list[str] = []
         while len(heard) < 2:
-            change = await asyncio.wait_for(call.read(), 2)
+            change = await _next_change(call)
             if change.action == "grant" and change.user_id in users:
                 heard.append(change.user_id)
     finally:
@@ -137,7 +171,8 @@ async def test_a_watcher_of_everyone_hears_every_user_and_heartbeats_when_asked(
 
 
 async def test_losing_the_listen_connection_never_leaves_a_stale_answer(
-    replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub], engine: AsyncEngine
+    replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub],
+    replicas_engine: AsyncEngine,
 ) -> None:
     a, b = replicas
     user = new_user()
@@ -145,11 +180,11 @@ async def test_losing_the_listen_connection_never_leaves_a_stale_answer(
     await a.GrantEntitlement(payment)
     assert (await b.CheckEntitlement(check(user))).active
     watcher = b.WatchEntitlements(
-        entitlements_pb2.WatchEntitlementsRequest(heartbeats=True), timeout=10, metadata=BEARER
+        entitlements_pb2.WatchEntitlementsRequest(heartbeats=True), timeout=60, metadata=BEARER
     )
     assert (await watcher.read()).action == "heartbeat"  # subscribed before the cut
 
-    async with engine.connect() as connection:
+    async with replicas_engine.connect() as connection:
         killed = await connection.scalar(
             text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -157,14 +192,14 @@ async def test_losing_the_listen_connection_never_leaves_a_stale_answer(
                 " AND datname = current_database()"
             )
         )
-    assert killed >= 2
+    assert killed == 2  # the two replicas' own, and nobody else's
     await a.RevokeEntitlement(revoke_of(payment))
-    assert await _seconds_until_inactive(b, user) < STALE_AT_MOST_SECONDS
+    assert await _until_active(b, user, False) is False
 
     # Watchers are told they may have missed changes, so they can start afresh.
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         while True:
-            await asyncio.wait_for(watcher.read(), 5)
+            await asyncio.wait_for(watcher.read(), WITHIN_SECONDS)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
 
     # Back in step: a later change is heard again.
@@ -173,30 +208,33 @@ async def test_losing_the_listen_connection_never_leaves_a_stale_answer(
     await a.GrantEntitlement(again)
     assert (await b.CheckEntitlement(check(user))).active
     await a.RevokeEntitlement(revoke_of(again))
-    assert await _seconds_until_inactive(b, user) < STALE_AT_MOST_SECONDS
+    assert await _until_active(b, user, False) is False
 
 
-async def test_stopping_a_replica_ends_its_watch_streams_at_once(settings: Settings) -> None:
-    service = build(settings)
+async def test_stopping_a_replica_ends_its_watch_streams_instead_of_waiting_them_out(
+    settings: Settings,
+) -> None:
+    """With a grace far longer than the wait below, a stop held up by an endless stream would
+    never finish in time: the stream is ended by the stop itself, and told UNAVAILABLE."""
+    service = build(dataclasses.replace(settings, shutdown_grace_seconds=600))
     port = await service.start("127.0.0.1:0")
     async with channel_to(f"127.0.0.1:{port}", settings.internal_token) as channel:
         stub = EntitlementsServiceStub(channel)
         await _until_watchable([stub])
         call = stub.WatchEntitlements(
-            entitlements_pb2.WatchEntitlementsRequest(), timeout=30, metadata=BEARER
+            entitlements_pb2.WatchEntitlementsRequest(heartbeats=True), timeout=60, metadata=BEARER
         )
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        await service.stop()
-        stopped_in = time.monotonic() - started
+        assert (await asyncio.wait_for(call.read(), WITHIN_SECONDS)).action == "heartbeat"
+        await asyncio.wait_for(service.stop(), WITHIN_SECONDS)
         with pytest.raises(grpc.aio.AioRpcError) as ended:
-            await call.read()
+            while True:
+                await asyncio.wait_for(call.read(), WITHIN_SECONDS)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert stopped_in < settings.shutdown_grace_seconds
 
 
-async def test_a_grant_revoked_by_hand_in_sql_is_seen_within_a_second(
-    replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub], engine: AsyncEngine
+async def test_a_grant_revoked_by_hand_in_sql_is_seen_by_every_replica(
+    replicas: tuple[EntitlementsServiceStub, EntitlementsServiceStub],
+    replicas_engine: AsyncEngine,
 ) -> None:
     """An operator's UPDATE bypasses the service; the table's trigger still tells every cache."""
     a, b = replicas
@@ -204,10 +242,10 @@ async def test_a_grant_revoked_by_hand_in_sql_is_seen_within_a_second(
     await a.GrantEntitlement(paid(user, days=30))
     for stub in (a, b):
         assert (await stub.CheckEntitlement(check(user))).active
-    async with engine.begin() as connection:
+    async with replicas_engine.begin() as connection:
         await connection.execute(
             text("UPDATE entitlements.grants SET revoked_at = now() WHERE user_id = :user"),
             {"user": user},
         )
     for stub in (a, b):
-        assert await _seconds_until_inactive(stub, user) < STALE_AT_MOST_SECONDS
+        assert await _until_active(stub, user, False) is False

@@ -30,6 +30,12 @@ class FakeBotApi:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def reset(self) -> None:
+        """Forget every call and transaction, so a test sees only its own."""
+        self.calls.clear()
+        self.transactions.clear()
+        self.refunded.clear()
+
     def calls_of(self, method: str) -> list[dict[str, Any]]:
         return [params for name, params in self.calls if name == method]
 

@@ -30,6 +30,8 @@ class Purchase:
     event_id: str
     buyer: int
     statuses: list[int] = field(default_factory=list)
+    # Set by assert_each_took_effect_once: "once", "lost" or "doubled".
+    outcome: str = "unchecked"
 
     @property
     def delivered(self) -> bool:
@@ -155,7 +157,9 @@ async def assert_each_took_effect_once(stack: Stack, purchases: list[Purchase]) 
             continue
         user_id = await user_of_telegram(stack, purchase.buyer)
         reply = await check(stack, user_id, "premium")
-        if not (reply.active and len(reply.grants) == 1 and 29.9 < days_left(reply) <= 30.0):
+        once = reply.active and len(reply.grants) == 1 and 29.9 < days_left(reply) <= 30.0
+        purchase.outcome = "once" if once else ("lost" if not reply.active else "doubled")
+        if not once:
             problems.append(
                 (
                     purchase.provider,
@@ -176,7 +180,10 @@ def figure(what: str, purchases: list[Purchase], **extra: object) -> None:
     for purchase in purchases:
         for status in purchase.statuses:
             answers[status] = answers.get(status, 0) + 1
+    outcomes = {kind: sum(p.outcome == kind for p in purchases) for kind in ("lost", "doubled")}
+    unchecked = sum(p.outcome == "unchecked" for p in purchases)
     details = " ".join(f"{key}={value}" for key, value in extra.items())
     print(
-        f"\nFIGURE {what}: purchases={len(purchases)} answers={answers} lost=0 doubled=0 {details}"
+        f"\nFIGURE {what}: purchases={len(purchases)} answers={answers}"
+        f" lost={outcomes['lost']} doubled={outcomes['doubled']} unchecked={unchecked} {details}"
     )

@@ -1,0 +1,199 @@
+"""The parsers on Stripe events and Telegram updates shaped as the providers send them.
+
+Every other test's payloads come from our own generator (`paylayer trigger`); if it and the
+parser shared a wrong idea of a provider's shape, only these fixtures would notice. They are
+in tests/fixtures/ (README there: where each shape comes from), at two Stripe API versions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paylayer.catalogue import Catalogue, load_catalogue
+from paylayer.settings import REPO_ROOT
+from payments_service import stripe_events, telegram_updates
+from payments_service.intents import Grant, Ignore, Record, Revoke, SubscriptionState
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+API_VERSIONS = ["2024-06-20", "2025-03-31.basil"]
+BUYER = 123456789  # the Telegram id every fixture's buyer has
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return load_catalogue(REPO_ROOT / "tests" / "catalogue.yaml")
+
+
+def fixture(*parts: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(Path(FIXTURES, *parts).read_text())
+    return loaded
+
+
+def stripe(version: str, name: str) -> dict[str, Any]:
+    event = fixture("stripe", version, f"{name}.json")
+    assert event["api_version"] == version  # a fixture filed under the wrong version misleads
+    return event
+
+
+def test_every_handled_stripe_type_has_a_fixture_at_each_version() -> None:
+    handled = {
+        "charge.succeeded",
+        "charge.failed",
+        "charge.refunded",
+        "charge.dispute.created",
+        "checkout.session.completed",
+        "invoice.paid",
+        "customer.subscription.deleted",
+        "payment_intent.succeeded",
+    }
+    for version in API_VERSIONS:
+        present = {
+            json.loads(path.read_text())["type"]
+            for path in (FIXTURES / "stripe" / version).glob("*.json")
+        }
+        assert handled <= present, (version, handled - present)
+
+
+@pytest.mark.parametrize("version", API_VERSIONS)
+@pytest.mark.parametrize(
+    "name", ["checkout.session.completed", "payment_intent.succeeded", "charge.succeeded"]
+)
+def test_one_purchase_seen_three_ways_grants_the_buyer_its_sku_under_one_key(
+    catalogue: Catalogue, version: str, name: str
+) -> None:
+    """Checkout, its payment intent and its charge: the same buyer, sku and key each time, so
+    entitlements counts the purchase once whichever arrives first."""
+    purchase_key = stripe(version, "payment_intent.succeeded")["data"]["object"]["id"]
+    intent = stripe_events.interpret(stripe(version, name), catalogue)
+    assert isinstance(intent, Grant)
+    assert (intent.payer.telegram_user_id, intent.sku.name) == (BUYER, "premium_30d")
+    assert intent.payment_key == purchase_key
+    assert (intent.amount, intent.currency) == (2900, "usd")
+
+
+@pytest.mark.parametrize("version", API_VERSIONS)
+def test_a_declined_charge_is_recorded_and_grants_nothing(
+    catalogue: Catalogue, version: str
+) -> None:
+    event = stripe(version, "charge.failed")
+    intent = stripe_events.interpret(event, catalogue)
+    assert isinstance(intent, Record)
+    assert (intent.status, intent.payment_key) == (
+        "failed",
+        event["data"]["object"]["payment_intent"],
+    )
+
+
+@pytest.mark.parametrize("version", API_VERSIONS)
+@pytest.mark.parametrize(
+    ("name", "status"), [("charge.refunded", "refunded"), ("charge.dispute.created", "disputed")]
+)
+def test_a_full_refund_or_a_dispute_revokes_the_purchase_it_belongs_to(
+    catalogue: Catalogue, version: str, name: str, status: str
+) -> None:
+    purchase_key = stripe(version, "payment_intent.succeeded")["data"]["object"]["id"]
+    intent = stripe_events.interpret(stripe(version, name), catalogue)
+    assert isinstance(intent, Revoke)
+    assert (intent.payment_key, intent.status) == (purchase_key, status)
+
+
+@pytest.mark.parametrize("version", API_VERSIONS)
+def test_a_paid_subscription_invoice_grants_until_its_period_end(
+    catalogue: Catalogue, version: str
+) -> None:
+    event = stripe(version, "invoice.paid")
+    invoice = event["data"]["object"]
+    intent = stripe_events.interpret(event, catalogue)
+    assert isinstance(intent, Grant)
+    assert (intent.payer.telegram_user_id, intent.sku.name) == (BUYER, "premium_30d")
+    assert intent.until is not None
+    assert intent.until.timestamp() == invoice["lines"]["data"][0]["period"]["end"]
+    subscription = stripe(version, "customer.subscription.deleted")["data"]["object"]["id"]
+    assert intent.subscription_id == subscription
+
+
+def test_an_invoice_of_api_2024_06_20_is_keyed_by_the_payment_that_paid_it(
+    catalogue: Catalogue,
+) -> None:
+    """So a refund or dispute of that charge revokes the subscription's grant."""
+    version = "2024-06-20"
+    intent = stripe_events.interpret(stripe(version, "invoice.paid"), catalogue)
+    charge = stripe(version, "charge.succeeded.subscription")["data"]["object"]
+    assert isinstance(intent, Grant) and intent.payment_key == charge["payment_intent"]
+
+
+BASIL_CHARGE_OF_INVOICE = pytest.mark.xfail(
+    strict=True,
+    reason="basil removed `invoice` from Charge and PaymentIntent: the parser takes a "
+    "subscription's charge for a one-off purchase (a second grant, keyed by the payment intent, "
+    "while invoice.paid grants under the invoice id)",
+)
+
+
+@pytest.mark.parametrize(
+    "version", ["2024-06-20", pytest.param("2025-03-31.basil", marks=BASIL_CHARGE_OF_INVOICE)]
+)
+def test_the_charge_of_a_subscription_invoice_is_not_a_second_grant(
+    catalogue: Catalogue, version: str
+) -> None:
+    """One payment, one grant: the invoice.paid grants; its charge must not grant again."""
+    intent = stripe_events.interpret(stripe(version, "charge.succeeded.subscription"), catalogue)
+    assert isinstance(intent, Ignore)
+
+
+@pytest.mark.parametrize("version", API_VERSIONS)
+def test_a_deleted_subscription_stops_renewals(catalogue: Catalogue, version: str) -> None:
+    event = stripe(version, "customer.subscription.deleted")
+    intent = stripe_events.interpret(event, catalogue)
+    assert isinstance(intent, SubscriptionState)
+    assert (intent.subscription_id, intent.state) == (event["data"]["object"]["id"], "canceled")
+
+
+# --- Telegram Bot API updates -----------------------------------------------------------------
+
+
+def test_a_real_pre_checkout_query_for_a_catalogue_sku_is_accepted(catalogue: Catalogue) -> None:
+    update = fixture("telegram", "pre_checkout_query.json")
+    assert telegram_updates.update_kind(update) == "pre_checkout_query"
+    assert telegram_updates.pre_checkout(catalogue, update["pre_checkout_query"]).ok
+
+
+def test_a_real_stars_payment_grants_its_buyer_the_sku_of_its_payload(
+    catalogue: Catalogue,
+) -> None:
+    update = fixture("telegram", "successful_payment.json")
+    intent = telegram_updates.interpret(update, catalogue)
+    payment = update["message"]["successful_payment"]
+    assert isinstance(intent, Grant)
+    assert (intent.payer.telegram_user_id, intent.sku.name, intent.payment_key) == (
+        BUYER,
+        "premium_30d",
+        payment["telegram_payment_charge_id"],
+    )
+    assert intent.until is None and intent.subscription_id is None
+
+
+def test_a_real_recurring_stars_payment_grants_until_the_subscription_expires(
+    catalogue: Catalogue,
+) -> None:
+    update = fixture("telegram", "successful_payment.recurring.json")
+    intent = telegram_updates.interpret(update, catalogue)
+    payment = update["message"]["successful_payment"]
+    assert isinstance(intent, Grant) and intent.sku.name == "premium_monthly"
+    assert intent.until is not None
+    assert intent.until.timestamp() == payment["subscription_expiration_date"]
+    assert intent.subscription_id == f"{BUYER}:premium_monthly"
+
+
+def test_a_real_stars_refund_revokes_the_charge_it_names(catalogue: Catalogue) -> None:
+    paid = fixture("telegram", "successful_payment.json")["message"]["successful_payment"]
+    intent = telegram_updates.interpret(fixture("telegram", "refunded_payment.json"), catalogue)
+    assert isinstance(intent, Revoke)
+    assert (intent.payment_key, intent.amount_refunded) == (
+        paid["telegram_payment_charge_id"],
+        paid["total_amount"],
+    )
