@@ -126,23 +126,28 @@ def test_an_invoice_of_api_2024_06_20_is_keyed_by_the_payment_that_paid_it(
     assert isinstance(intent, Grant) and intent.payment_key == charge["payment_intent"]
 
 
-BASIL_CHARGE_OF_INVOICE = pytest.mark.xfail(
-    strict=True,
-    reason="basil removed `invoice` from Charge and PaymentIntent: the parser takes a "
-    "subscription's charge for a one-off purchase (a second grant, keyed by the payment intent, "
-    "while invoice.paid grants under the invoice id)",
-)
-
-
-@pytest.mark.parametrize(
-    "version", ["2024-06-20", pytest.param("2025-03-31.basil", marks=BASIL_CHARGE_OF_INVOICE)]
-)
-def test_the_charge_of_a_subscription_invoice_is_not_a_second_grant(
-    catalogue: Catalogue, version: str
-) -> None:
-    """One payment, one grant: the invoice.paid grants; its charge must not grant again."""
-    intent = stripe_events.interpret(stripe(version, "charge.succeeded.subscription"), catalogue)
+def test_the_charge_of_a_subscription_invoice_is_not_a_second_grant(catalogue: Catalogue) -> None:
+    """One payment, one grant: up to 2024-06-20 the charge names its invoice, whose
+    invoice.paid grants; the charge itself grants nothing."""
+    intent = stripe_events.interpret(
+        stripe("2024-06-20", "charge.succeeded.subscription"), catalogue
+    )
     assert isinstance(intent, Ignore)
+
+
+def test_a_basil_subscription_charge_is_keyed_by_the_intent_its_invoice_payment_names(
+    catalogue: Catalogue,
+) -> None:
+    """From basil on a charge no longer names its invoice, so alone it looks like a purchase.
+    It is keyed by its payment intent: the key an invoice_payment.paid links to the invoice,
+    after which the charge grants nothing (or its grant is undone). The end-to-end proof is
+    tests/payments/test_money_matches_access.py::test_a_basil_subscription_charge_and_its_invoice_grant_once.
+    """
+    charge = stripe("2025-03-31.basil", "charge.succeeded.subscription")["data"]["object"]
+    intent = stripe_events.interpret(
+        stripe("2025-03-31.basil", "charge.succeeded.subscription"), catalogue
+    )
+    assert isinstance(intent, Grant) and intent.payment_key == charge["payment_intent"]
 
 
 @pytest.mark.parametrize("version", API_VERSIONS)
