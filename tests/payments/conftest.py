@@ -9,6 +9,7 @@ import pytest
 
 from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.cli.trigger import sign_stripe
+from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack
 
 
@@ -32,3 +33,9 @@ def sign(stack: Stack) -> Callable[..., str]:
         return sign_stripe(body, secret or stack.settings.stripe_webhook_secrets[0], timestamp)
 
     return signer
+
+
+@pytest.fixture(autouse=True)
+def fresh_bot_api(bot_api: FakeBotApi) -> None:
+    """Each test sees only the Bot API calls and Stars transactions it caused."""
+    bot_api.reset()

@@ -199,7 +199,7 @@ async def test_refund_before_its_payment_leaves_no_active_grant(
     assert (await post_stripe(http, stack, payment))[0] == 200
     await wait_settled(engine, "stripe", [payment["id"]])
     user_id = await user_of_telegram(stack, buyer)
-    await asyncio.sleep(1.1)  # past the cache's one-second bound
+    # Nothing asked about this user before: no cached answer can stand in for the store's.
     assert not (await check(stack, user_id, "premium")).active
     async with engine.connect() as connection:
         status = await connection.scalar(
@@ -244,8 +244,7 @@ async def test_partial_refund_is_recorded_and_keeps_access(
         assert (await post_stripe(http, stack, event))[0] == 200
         await wait_settled(engine, "stripe", [event["id"]])
     user_id = await user_of_telegram(stack, buyer)
-    await asyncio.sleep(1.1)
-    assert (await check(stack, user_id, "premium")).active
+    assert (await eventually(lambda: check(stack, user_id, "premium"), lambda r: r.active)).active
     async with engine.connect() as connection:
         row = (
             await connection.execute(select(payments).where(payments.c.payment_key == intent))
@@ -329,14 +328,19 @@ async def test_entitlements_down_events_answered_200_then_each_takes_effect_once
         for event in events:
             for _ in range(2):  # Stripe's own retries: a duplicate of each
                 assert (await post_stripe(http, stack, event))[0] == 200
-        await asyncio.sleep(1.5)
-        async with engine.connect() as connection:
-            statuses = set(
-                await connection.scalars(
-                    select(inbox.c.status).where(inbox.c.event_id.in_([e["id"] for e in events]))
+
+        async def tried() -> list[tuple[str, int]]:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    select(inbox.c.status, inbox.c.attempts).where(
+                        inbox.c.event_id.in_([e["id"] for e in events])
+                    )
                 )
-            )
-        assert statuses == {"pending"}
+                return [(row.status, row.attempts) for row in rows]
+
+        # Each has been tried against the missing entitlements at least once: still pending.
+        rows = await eventually(tried, lambda rows: all(n >= 1 for _, n in rows) and len(rows) == 5)
+        assert {status for status, _ in rows} == {"pending"}
     finally:
         stack.start("entitlements")
         await stack.up()
@@ -352,7 +356,7 @@ async def check_buyer(stack: Stack, buyer: int):  # type: ignore[no-untyped-def]
     return await check(stack, await user_of_telegram(stack, buyer), "premium")
 
 
-async def test_payments_down_gives_503_within_two_seconds_then_the_retry_lands(
+async def test_payments_down_gives_503_then_the_retry_lands(
     stack: Stack, http: aiohttp.ClientSession, catalogue: Catalogue, engine: AsyncEngine
 ) -> None:
     buyer = new_buyer()
@@ -361,11 +365,9 @@ async def test_payments_down_gives_503_within_two_seconds_then_the_retry_lands(
     )
     stack.stop("payments")
     try:
-        started = time.monotonic()
+        # The 2 s bound is proven against a hung payments in tests/faults/test_sigterm_in_flight.py.
         status, _ = await post_stripe(http, stack, event)
-        took = time.monotonic() - started
         assert status == 503
-        assert took < 2.5  # the contract is 2 s; the margin absorbs a loaded CI machine
         assert await inbox_count(engine, event["id"]) == 0
     finally:
         stack.start("payments")

@@ -1,0 +1,243 @@
+"""Applying webhooks: how soon a purchase becomes a grant, against a floor that grants in the
+same transaction that records it.
+
+    .venv/bin/python -m benchmarks.apply [--events 3000] [--steady-rate 200] [--singles 100]
+
+Prints JSON with:
+- floor: one aiohttp process verifying and, in one transaction, recording and granting;
+- burst: the stack's acknowledging (rps, p99), its apply rate (unique events from the first
+  receipt to the last grant, from the inbox's own timestamps), the drain time after the last
+  receipt, receipt-to-applied p50/p99/max, and whether grants equal unique events;
+- steady: purchases sent at a fixed rate, receipt-to-applied p50/p99/max;
+- single: one purchase at a time, from its 200 until CheckEntitlement says yes, p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
+from benchmarks.webhooks import deliveries, send_all, wait_http
+from paylayer.catalogue import load_catalogue
+from paylayer.cli.trigger import sign_stripe, stripe_event
+from paylayer.grpc_client import open_channel
+from paylayer.settings import REPO_ROOT
+from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+from tests.stack import Stack, free_port
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * share) - 1))]
+
+
+def spread_ms(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(values, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(values, 0.99) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1),
+    }
+
+
+async def applied(database_url: str, event_ids: list[str], within: float = 300) -> dict[str, Any]:
+    """Wait until none of these events is pending; their timings from the inbox's clock."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            pending = await connection.fetchval(
+                "SELECT count(*) FROM payments.inbox WHERE status = 'pending'"
+                " AND event_id = ANY($1)",
+                event_ids,
+            )
+            if pending == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        rows = await connection.fetch(
+            "SELECT payment_key, received_at, processed_at, status FROM payments.inbox"
+            " WHERE event_id = ANY($1)",
+            event_ids,
+        )
+        grants = await connection.fetchval(
+            "SELECT count(*) FROM entitlements.grants WHERE provider = 'stripe'"
+            " AND reference = ANY($1) AND revoked_at IS NULL",
+            [row["payment_key"] for row in rows],
+        )
+    finally:
+        await connection.close()
+    done = [row for row in rows if row["processed_at"] is not None]
+    first_received = min(row["received_at"] for row in rows)
+    last_received = max(row["received_at"] for row in rows)
+    last_applied = max(row["processed_at"] for row in done)
+    waits = [(row["processed_at"] - row["received_at"]).total_seconds() for row in done]
+    span = (last_applied - first_received).total_seconds()
+    return {
+        "unique_events": len(event_ids),
+        "processed": sum(row["status"] == "processed" for row in rows),
+        "still_pending": pending,
+        "grants": grants,
+        "apply_rate_per_s": round(len(done) / span, 1) if span > 0 else None,
+        "drain_after_last_receipt_s": round((last_applied - last_received).total_seconds(), 2),
+        "receipt_to_applied": spread_ms(waits),
+    }
+
+
+async def steady(url: str, secret: str, rate: float, seconds: float) -> list[str]:
+    """Purchases at a fixed rate, each sent on schedule whatever the answers take."""
+    work = deliveries(int(rate * seconds), secret, 0)
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def send(at: float, body: bytes, signature: str) -> None:
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
+            async with session.post(url, data=body, headers=headers) as reply:
+                await reply.read()
+
+        start = time.monotonic() + 0.2
+        await asyncio.gather(
+            *(send(start + i / rate, body, sig) for i, (_, body, sig) in enumerate(work))
+        )
+    return [event_id for event_id, _, _ in work]
+
+
+async def single_purchases(stack: Stack, secret: str, tries: int) -> list[float]:
+    """From a purchase's 200 until CheckEntitlement says yes, one purchase at a time."""
+    catalogue = load_catalogue(REPO_ROOT / "catalogue.yaml")
+    url = f"{stack.gateway_url}/api/v1/stripe/webhook"
+    token = stack.settings.internal_token
+    visible_after: list[float] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        open_channel(stack.addrs["accounts"], token) as accounts_channel,
+        open_channel(stack.addrs["entitlements"], token) as entitlements_channel,
+    ):
+        accounts = accounts_pb2_grpc.AccountsServiceStub(accounts_channel)
+        entitlements = entitlements_pb2_grpc.EntitlementsServiceStub(entitlements_channel)
+        for _ in range(tries):
+            buyer = secrets.randbelow(10**12) + 10**9
+            user = await accounts.ResolveUser(
+                accounts_pb2.ResolveUserRequest(telegram_user_id=buyer, create=True)
+            )
+            event = stripe_event(
+                "checkout.session.completed",
+                catalogue,
+                sku="premium_30d",
+                user_id=user.user.user_id,
+            )
+            body = json.dumps(event)
+            headers = {"Stripe-Signature": sign_stripe(body, secret)}
+            async with session.post(url, data=body.encode(), headers=headers) as reply:
+                assert reply.status == 200, await reply.text()
+            acknowledged = time.perf_counter()
+            request = entitlements_pb2.CheckEntitlementRequest(
+                user_id=user.user.user_id, entitlement="premium"
+            )
+            while not (await entitlements.CheckEntitlement(request)).active:
+                if time.perf_counter() - acknowledged > 10:
+                    raise TimeoutError("a single purchase was not visible within 10 s")
+            visible_after.append(time.perf_counter() - acknowledged)
+    return visible_after
+
+
+async def floor_grants(database_url: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM bench_floor.grants"))
+    finally:
+        await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=3000, help="unique purchases in the burst")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duplicates", type=float, default=0.2)
+    parser.add_argument("--steady-rate", type=float, default=200)
+    parser.add_argument("--steady-seconds", type=float, default=10)
+    parser.add_argument("--singles", type=int, default=100)
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {"events": args.events, "concurrency": args.concurrency}
+    with fresh_database() as database_url:
+        settings = bench_settings(database_url)
+        secret = settings.stripe_webhook_secrets[0]
+        with running_stack(settings) as stack:
+            floor_addr = f"127.0.0.1:{free_port()}"
+            floor = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.floor"],
+                env={**stack.env, "LISTEN_ADDR": floor_addr, "FLOOR_GRANTS": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                floor_url = f"http://{floor_addr}/api/v1/stripe/webhook"
+                stack_url = f"{stack.gateway_url}/api/v1/stripe/webhook"
+                wait_http(floor_url)
+                asyncio.run(send_all(floor_url, deliveries(200, secret, 0), args.concurrency))
+                warmup = deliveries(200, secret, 0)
+                asyncio.run(send_all(stack_url, warmup, args.concurrency))
+                asyncio.run(applied(plain(database_url), [e for e, _, _ in warmup]))
+
+                before = asyncio.run(floor_grants(plain(database_url)))
+                floor_work = deliveries(args.events, secret, args.duplicates)
+                floor = asyncio.run(send_all(floor_url, floor_work, args.concurrency))
+                floor_unique = len({e for e, _, _ in floor_work})
+                floor["grants"] = asyncio.run(floor_grants(plain(database_url))) - before
+                # The floor grants as it acknowledges: its apply rate is its unique events over
+                # the whole burst.
+                floor["apply_rate_per_s"] = round(
+                    floor_unique * floor["rps"] / floor["requests"], 1
+                )
+                results["floor"] = floor
+
+                burst_work = deliveries(args.events, secret, args.duplicates)
+                burst = asyncio.run(send_all(stack_url, burst_work, args.concurrency))
+                burst["applied"] = asyncio.run(
+                    applied(plain(database_url), sorted({e for e, _, _ in burst_work}))
+                )
+                results["burst"] = burst
+
+                steady_ids = asyncio.run(
+                    steady(stack_url, secret, args.steady_rate, args.steady_seconds)
+                )
+                results["steady"] = {
+                    "rate_per_s": args.steady_rate,
+                    **asyncio.run(applied(plain(database_url), steady_ids)),
+                }
+                singles = asyncio.run(single_purchases(stack, secret, args.singles))
+                results["single_purchase_visible_after_200"] = spread_ms(singles)
+            finally:
+                floor.terminate()
+                floor.wait()
+
+    apply_ratio = (
+        results["burst"]["applied"]["apply_rate_per_s"] / results["floor"]["apply_rate_per_s"]
+    )
+    results["apply_ratio"] = round(apply_ratio, 3)
+    results["ack_ratio"] = round(results["burst"]["rps"] / results["floor"]["rps"], 3)
+    results["bar"] = {
+        "apply_at_least_half_the_floor": apply_ratio >= 0.5,
+        "grants_equal_unique_events": results["burst"]["applied"]["grants"]
+        == results["burst"]["applied"]["unique_events"],
+        "ack_p99_at_most_100_ms": results["burst"]["p99_ms"] <= 100,
+        "no_non_2xx": results["burst"]["non_2xx"] == 0,
+        "steady_p99_at_most_1_s": results["steady"]["receipt_to_applied"]["p99_ms"] <= 1000,
+        "single_p50_at_most_50_ms": results["single_purchase_visible_after_200"]["p50_ms"] <= 50,
+    }
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
