@@ -18,6 +18,7 @@ from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 MAX_TEXT_LENGTH = 255
 MAX_EMAIL_LENGTH = 254  # the longest address SMTP can carry
+MAX_BATCH = 500
 
 _ACCOUNT_TYPE_NAMES = {
     accounts_pb2.ACCOUNT_TYPE_DEMO: "demo",
@@ -172,6 +173,35 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
         if created:
             log.info("created user %s for a new %s", user.user_id, kind)
         return accounts_pb2.ResolveUserResponse(user=_user_message(user), created=created)
+
+    async def ResolveUsers(
+        self, request: accounts_pb2.ResolveUsersRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.ResolveUsersResponse:
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} requests in one call")
+        results = [accounts_pb2.ResolveUserResult() for _ in request.requests]
+        wanted: dict[tuple[IdentityKind, bool], list[tuple[int, str | int]]] = {}
+        for index, item in enumerate(request.requests):
+            try:
+                kind, value = _which_identity(item)
+            except InvalidArgument as error:
+                results[index].code, results[index].message = error.code.value[0], error.message
+                continue
+            # Internal ids are minted here only, so an unknown one is never created on request.
+            wanted.setdefault((kind, item.create and kind != "user_id"), []).append((index, value))
+        for (kind, create), items in wanted.items():
+            users = await self._store.resolve_many(
+                kind, [value for _, value in items], create=create
+            )
+            for index, value in items:
+                if value in users:
+                    user, created = users[value]
+                    results[index].user.CopyFrom(_user_message(user))
+                    results[index].created = created
+                else:
+                    results[index].code = grpc.StatusCode.NOT_FOUND.value[0]
+                    results[index].message = f"no user with this {IDENTITY_LABELS[kind]}"
+        return accounts_pb2.ResolveUsersResponse(results=results)
 
     async def LinkIdentity(
         self, request: accounts_pb2.LinkIdentityRequest, context: grpc.aio.ServicerContext

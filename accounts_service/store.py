@@ -105,6 +105,35 @@ class AccountsStore:
             row = (await connection.execute(select(users).where(users.c[kind] == value))).one()
         return _user(row), False
 
+    async def resolve_many(
+        self, kind: IdentityKind, values: Sequence[str | int], *, create: bool
+    ) -> dict[str | int, tuple[rules.User, bool]]:
+        """The users holding these identities of one kind, made now (with `create`) for those
+        nobody holds; with whether each was made. Three statements for the whole lot."""
+        found: dict[str | int, tuple[rules.User, bool]] = {}
+        async with self._single.connect() as connection:
+            rows = await connection.execute(select(users).where(users.c[kind].in_(values)))
+            for row in rows:
+                found[row._mapping[kind]] = (_user(row), False)
+            missing = [value for value in dict.fromkeys(values) if value not in found]
+            if not create or not missing or kind == "user_id":
+                return found
+            inserted = await connection.execute(
+                pg_insert(users)
+                .values([{"user_id": str(uuid.uuid4()), kind: value} for value in missing])
+                .on_conflict_do_nothing()
+                .returning(*users.c)
+            )
+            for row in inserted:
+                found[row._mapping[kind]] = (_user(row), True)
+            # Made meanwhile by a concurrent call: the unique constraint let theirs through.
+            raced = [value for value in missing if value not in found]
+            if raced:
+                rows = await connection.execute(select(users).where(users.c[kind].in_(raced)))
+                for row in rows:
+                    found[row._mapping[kind]] = (_user(row), False)
+        return found
+
     async def link_identity(self, user_id: str, kind: LinkableKind, value: str | int) -> rules.User:
         """Attach an identity; never moves one from its owner, never replaces one a user has."""
         label = IDENTITY_LABELS[kind]

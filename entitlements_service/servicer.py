@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 PAYMENT_PROVIDERS = frozenset({"stripe", "telegram"})
 MAX_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1000
+MAX_BATCH = 500
 # Far enough for any real term, near enough that datetime arithmetic cannot overflow.
 MAX_DURATION = timedelta(days=365 * 100)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -118,6 +119,29 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         return entitlements_pb2.GrantEntitlementResponse(
             grant=wire.grant_message(standing, window), created=created
         )
+
+    async def GrantEntitlements(
+        self,
+        request: entitlements_pb2.GrantEntitlementsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> entitlements_pb2.GrantEntitlementsResponse:
+        if len(request.grants) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} grants in one call")
+        results = [entitlements_pb2.GrantEntitlementResult() for _ in request.grants]
+        valid: list[tuple[int, Grant]] = []
+        for index, item in enumerate(request.grants):
+            try:
+                valid.append((index, self._grant_of(item)))
+            except InvalidArgument as error:
+                results[index].code, results[index].message = error.code.value[0], error.message
+        outcomes = await self._store.grant_many([new for _, new in valid])
+        for (index, new), (standing, created) in zip(valid, outcomes, strict=True):
+            GRANTS.labels(new.source.provider, "created" if created else "duplicate").inc()
+            self._cache.invalidate(standing.user_id)
+            results[index].grant.CopyFrom(wire.grant_message(standing))
+            results[index].created = created
+        log.info("granted %d of %d in one batch", len(valid), len(request.grants))
+        return entitlements_pb2.GrantEntitlementsResponse(results=results)
 
     async def RevokeEntitlement(
         self,

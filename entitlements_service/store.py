@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -84,6 +84,16 @@ class EntitlementStore:
 
         Same source again: the first grant stands. A tombstoned source: `new` is kept, revoked.
         """
+        async with self._engine.begin() as connection:
+            return await self._grant(connection, new)
+
+    @_unavailable_when_unreachable
+    async def grant_many(self, many: Sequence[Grant]) -> list[tuple[Grant, bool]]:
+        """`grant` for each, in order, in one transaction: one commit for the lot."""
+        async with self._engine.begin() as connection:
+            return [await self._grant(connection, new) for new in many]
+
+    async def _grant(self, connection: AsyncConnection, new: Grant) -> tuple[Grant, bool]:
         values = _grant_values(new)
         statement = (
             insert(grants)
@@ -95,25 +105,24 @@ class EntitlementStore:
             )
             .returning(*grants.c)
         )
-        async with self._engine.begin() as connection:
-            row = (await connection.execute(statement)).first()
-            if row is None:
-                # The source was already granted: ON CONFLICT touched nothing.
-                standing = await self._grant_by_source(connection, new.source)
-                return standing, False
-            stored = _grant_of(row)
-            created = str(row.grant_id) == new.grant_id
-            await _write_audit(
-                connection,
-                action="grant" if created else "grant_after_revoke",
-                grant=stored,
-                event_id=new.event_id,
-                reason=new.reason,
-                actor=new.granted_by,
-            )
-            if created:
-                await _notify(connection, "grant", stored)
-            return stored, created
+        row = (await connection.execute(statement)).first()
+        if row is None:
+            # The source was already granted: ON CONFLICT touched nothing.
+            standing = await self._grant_by_source(connection, new.source)
+            return standing, False
+        stored = _grant_of(row)
+        created = str(row.grant_id) == new.grant_id
+        await _write_audit(
+            connection,
+            action="grant" if created else "grant_after_revoke",
+            grant=stored,
+            event_id=new.event_id,
+            reason=new.reason,
+            actor=new.granted_by,
+        )
+        if created:
+            await _notify(connection, "grant", stored)
+        return stored, created
 
     @_unavailable_when_unreachable
     async def revoke(self, revocation: Revocation) -> RevokeOutcome:

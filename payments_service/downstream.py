@@ -45,10 +45,58 @@ def _timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
+def _resolve_request(payer: Payer) -> accounts_pb2.ResolveUserRequest:
+    """A Telegram buyer is made a user on first sight; other identities must be known."""
+    if payer.user_id:
+        return accounts_pb2.ResolveUserRequest(user_id=payer.user_id)
+    if payer.telegram_user_id:
+        return accounts_pb2.ResolveUserRequest(telegram_user_id=payer.telegram_user_id, create=True)
+    if payer.customer:
+        return accounts_pb2.ResolveUserRequest(stripe_customer_id=payer.customer)
+    raise Unprocessable("cannot tell who paid", "unknown_payer")
+
+
+def _classify_code(code: int, message: str, what: str) -> Exception:
+    """An item's status in a batch answer, classified as the same failure of a single call."""
+    status = next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
+    if status in _RETRYABLE:
+        return Retryable(f"{what}: {status.name} {message}".strip())
+    return Unprocessable(f"{what}: {status.name} {message}".strip(), "refused")
+
+
 def _classify(error: grpc.aio.AioRpcError, what: str) -> Exception:
     if error.code() in _RETRYABLE:
         return Retryable(f"{what}: {error.code().name} {error.details() or ''}".strip())
     return Unprocessable(f"{what}: {error.code().name} {error.details() or ''}".strip(), "refused")
+
+
+def grant_request(
+    *,
+    user_id: str,
+    sku: Sku,
+    provider: str,
+    payment_key: str,
+    event_id: str,
+    purchased_at: datetime,
+    until: datetime | None,
+) -> entitlements_pb2.GrantEntitlementRequest:
+    """The grant a purchase makes: the sku's tier, for its term (or until a fixed end)."""
+    request = entitlements_pb2.GrantEntitlementRequest(
+        user_id=user_id,
+        entitlement=sku.grants,
+        source=entitlements_pb2.Source(provider=provider, reference=payment_key),
+        event_id=event_id,
+        purchased_at=_timestamp(purchased_at),
+        reason=f"purchase of {sku.name}",
+        granted_by="payments",
+    )
+    if until is not None:
+        request.until.CopyFrom(_timestamp(until))
+    elif sku.duration is None:
+        request.lifetime = True
+    else:
+        request.duration_seconds = int(sku.duration.total_seconds())
+    return request
 
 
 class Downstream:
@@ -56,18 +104,37 @@ class Downstream:
         self._accounts = accounts_pb2_grpc.AccountsServiceStub(accounts)
         self._entitlements = entitlements_pb2_grpc.EntitlementsServiceStub(entitlements)
 
+    async def resolve_payers(self, payers: list[Payer]) -> list[str | Exception]:
+        """`resolve_payer` for many in one call: each a user id, or the error for that one
+        (Unprocessable, Retryable). A failure of the call itself is raised."""
+        requests = [_resolve_request(payer) for payer in payers]
+        try:
+            reply = await self._accounts.ResolveUsers(
+                accounts_pb2.ResolveUsersRequest(requests=requests),
+                timeout=CALL_DEADLINE_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _classify(error, "accounts.ResolveUsers") from None
+        answers: list[str | Exception] = []
+        for payer, result in zip(payers, reply.results, strict=True):
+            if result.code == grpc.StatusCode.NOT_FOUND.value[0]:
+                answers.append(
+                    Unprocessable(f"cannot tell who paid: no user for {payer}", "unknown_payer")
+                )
+            elif result.code:
+                answers.append(_classify_code(result.code, result.message, "accounts.ResolveUsers"))
+            else:
+                answers.append(str(result.user.user_id))
+                if payer.customer and result.user.stripe_customer_id != payer.customer:
+                    try:
+                        await self._link_customer(str(result.user.user_id), payer.customer)
+                    except Exception as error:
+                        answers[-1] = error
+        return answers
+
     async def resolve_payer(self, payer: Payer) -> str:
         """The internal user id of whoever paid; a Telegram buyer is created on first sight."""
-        if payer.user_id:
-            request = accounts_pb2.ResolveUserRequest(user_id=payer.user_id)
-        elif payer.telegram_user_id:
-            request = accounts_pb2.ResolveUserRequest(
-                telegram_user_id=payer.telegram_user_id, create=True
-            )
-        elif payer.customer:
-            request = accounts_pb2.ResolveUserRequest(stripe_customer_id=payer.customer)
-        else:
-            raise Unprocessable("cannot tell who paid", "unknown_payer")
+        request = _resolve_request(payer)
         try:
             reply = await self._accounts.ResolveUser(request, timeout=CALL_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as error:
@@ -95,6 +162,25 @@ class Downstream:
                 return
             raise _classify(error, "accounts.LinkIdentity") from None
 
+    async def grant_many(
+        self, requests: list[entitlements_pb2.GrantEntitlementRequest]
+    ) -> list[Exception | None]:
+        """Many grants in one call and one transaction on the other side; None for each that
+        stands, else its error. A failure of the call itself is raised."""
+        try:
+            reply = await self._entitlements.GrantEntitlements(
+                entitlements_pb2.GrantEntitlementsRequest(grants=requests),
+                timeout=CALL_DEADLINE_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _classify(error, "entitlements.GrantEntitlements") from None
+        return [
+            _classify_code(result.code, result.message, "entitlements.GrantEntitlements")
+            if result.code
+            else None
+            for result in reply.results
+        ]
+
     async def grant(
         self,
         *,
@@ -106,21 +192,15 @@ class Downstream:
         purchased_at: datetime,
         until: datetime | None,
     ) -> None:
-        request = entitlements_pb2.GrantEntitlementRequest(
+        request = grant_request(
             user_id=user_id,
-            entitlement=sku.grants,
-            source=entitlements_pb2.Source(provider=provider, reference=payment_key),
+            sku=sku,
+            provider=provider,
+            payment_key=payment_key,
             event_id=event_id,
-            purchased_at=_timestamp(purchased_at),
-            reason=f"purchase of {sku.name}",
-            granted_by="payments",
+            purchased_at=purchased_at,
+            until=until,
         )
-        if until is not None:
-            request.until.CopyFrom(_timestamp(until))
-        elif sku.duration is None:
-            request.lifetime = True
-        else:
-            request.duration_seconds = int(sku.duration.total_seconds())
         try:
             await self._entitlements.GrantEntitlement(request, timeout=CALL_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as error:

@@ -1,13 +1,22 @@
-"""Processing the inbox: each pending event applied exactly once, retried while it cannot be.
+"""Processing the inbox: each pending event applied exactly once in effect, in batches, with no
+database lock held across a call to another service.
 
-Exactly once rests on two things: the inbox row is locked (FOR UPDATE SKIP LOCKED) while it is
-processed, and every effect downstream is idempotent by its source (provider + payment key).
-A crash between the grant and the commit leaves the row pending; the retry grants the same
-source again, which entitlements counts once.
+- A worker claims a batch of due events with a lease, in one short statement. No other worker
+  takes them while the lease runs; if the worker dies, another takes them once it has run out.
+- The purchases of a batch are applied together: their payers resolved in one call, their
+  ledger rows written in one short transaction, their grants made in one call (one
+  transaction in entitlements), and the events marked done in one short transaction.
+- Every other event (refunds, disputes, links, records) is applied on its own, in short
+  transactions around its calls.
+- Every effect elsewhere is idempotent by its source (provider + payment key), so an event
+  applied twice (its worker died after the grant, before marking it done) takes effect once.
+- Two events of one payment never miss each other: each writes its own fact (ledger row, link)
+  and reads the other's in one transaction under an advisory lock on the payment, so whichever
+  comes second sees the first.
 
-Nothing loops: any error while an event is applied (a downstream's, the database's, a bug)
-rolls its transaction back and is then counted in a transaction of its own, with backoff.
-After MAX_ATTEMPTS the event is kept as failed, replayable, with the last error.
+Nothing loops: any error while an event is applied (a downstream's, the database's, a bug) is
+counted in a transaction of its own, with backoff. After MAX_ATTEMPTS the event is kept as
+failed, replayable, with the last error.
 """
 
 from __future__ import annotations
@@ -16,16 +25,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
 from payments_service import stripe_events, telegram_updates
-from payments_service.downstream import Downstream, Retryable, reinstated_key
+from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
     Grant,
     Ignore,
@@ -39,6 +54,7 @@ from payments_service.intents import (
 )
 from payments_service.metrics import EVENT_RETRIES, EVENTS_FAILED, EVENTS_FINISHED
 from payments_service.store import Event, Store
+from payments_service.tables import INBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +62,18 @@ MAX_BACKOFF_SECONDS = 10.0
 # Whatever the error, an event tried this many times is kept as failed (replayable). With the
 # backoff below that is about a minute: a downstream down for 30 s is ridden out.
 MAX_ATTEMPTS = 10
+# Long enough for a batch's calls (each has a 3 s deadline), short enough that a crashed
+# worker's events are taken up again soon.
+LEASE = timedelta(seconds=15)
+BATCH_SIZE = 100
 # A ledger status that means the payment's money went back (or is being fought over).
 _MONEY_BACK = ("refunded", "disputed", "dispute_lost")
+
+
+def backoff(attempts: int) -> timedelta:
+    """0.5 s, 1 s, 2 s … capped at 10 s, with jitter so replicas do not retry in step."""
+    seconds = min(MAX_BACKOFF_SECONDS, 0.5 * 2**attempts)
+    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
 
 
 def refused_by_database(error: BaseException) -> bool:
@@ -57,12 +83,6 @@ def refused_by_database(error: BaseException) -> bool:
         return False
     sqlstate = getattr(error.orig, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith("22")
-
-
-def backoff(attempts: int) -> timedelta:
-    """0.5 s, 1 s, 2 s … capped at 10 s, with jitter so replicas do not retry in step."""
-    seconds = min(MAX_BACKOFF_SECONDS, 0.5 * 2**attempts)
-    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
 
 
 def interpret(event: Event, catalogue: Catalogue, *, stripe_livemode: bool = False) -> Intent:
@@ -90,19 +110,33 @@ def request_id_of(event: Event) -> str:
     return f"{event.provider}:{event.event_id}"
 
 
-class _Outcome:
+@contextlib.contextmanager
+def _serving(event: Event) -> Iterator[None]:
+    token = request_id_var.set(request_id_of(event))
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
+
+
+@dataclass
+class _Done:
     """How an applied event ends: processed, or ignored with a note."""
 
-    def __init__(self, payment_key: str | None, ignored: str = "") -> None:
-        self.payment_key, self.ignored = payment_key, ignored
+    payment_key: str | None
+    ignored: str = ""
+
+
+@dataclass
+class _Purchase:
+    event: Event
+    grant: Grant
+    user_id: str = ""
 
 
 class Processor:
-    """Applies pending events: those just received first, then any that are due for a retry.
-
-    A fixed number of workers bounds the work done at once, so a burst of webhooks is first
-    acknowledged (cheap) and then applied as fast as the downstream services allow.
-    """
+    """Applies pending events, in batches, as soon as they are received and when retries are
+    due. A fixed number of workers bounds the work done at once."""
 
     def __init__(
         self,
@@ -113,6 +147,8 @@ class Processor:
         workers: int = 2,
         poll_seconds: float = 0.5,
         stripe_livemode: bool = False,
+        database_url: str = "",
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         self.store = store
         self.downstream = downstream
@@ -120,63 +156,362 @@ class Processor:
         self._workers = workers
         self._poll_seconds = poll_seconds
         self._stripe_livemode = stripe_livemode
-        # Just-committed events; when full, the workers' poll of the table finds them instead.
-        self._fresh: asyncio.Queue[int] = asyncio.Queue(maxsize=10_000)
+        self._database_url = database_url
+        self._batch_size = batch_size
+        self._worker_id = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
 
-    def kick(self, inbox_id: int) -> None:
-        """Have a just-committed event processed next, without waiting for the next poll."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._fresh.put_nowait(inbox_id)
+    def kick(self) -> None:
+        """A new event is in the inbox: wake a worker now rather than at its next poll."""
+        self._wake.set()
 
-    async def drain(self, within: float = 10) -> None:
-        """On shutdown: apply what was received but not yet applied, for up to `within` s.
+    async def drain(self) -> None:
+        """On shutdown: give back what this process claimed and did not finish, so another
+        replica (or this one, restarted) takes it at once instead of after the lease."""
+        with contextlib.suppress(Exception):
+            await self.store.release(self._worker_id)
 
-        Whatever is left stays pending in the inbox and is applied after the restart.
-        """
-        deadline = asyncio.get_running_loop().time() + within
-        while not self._fresh.empty() and asyncio.get_running_loop().time() < deadline:
-            await self.process(self._fresh.get_nowait())
+    async def run_workers(self) -> None:
+        """Background job: the workers, and a listener that wakes them on any replica's
+        new event."""
+        jobs = [self._worker() for _ in range(self._workers)]
+        if self._database_url:
+            jobs.append(self._listen())
+        await asyncio.gather(*jobs)
 
-    async def process(self, inbox_id: int | None = None) -> bool:
-        """Process one pending event (this one, or the next due). False when there was none,
-        or when the database could not be asked."""
-        claimed: Event | None = None
-        try:
-            async with self.store.claim(inbox_id) as (connection, event):
-                if event is None:
-                    return False
-                claimed = event
-                token = request_id_var.set(request_id_of(event))
-                try:
-                    await self._apply(connection, event)
-                finally:
-                    request_id_var.reset(token)
-                return True
-        except Exception as error:
-            if claimed is None:
-                # The claim itself failed: the database is away. The row stays as it was.
-                log.warning("cannot claim inbox row %s: %r", inbox_id, error)
-                return False
-            # The attempt's transaction is rolled back; count it in a transaction of its own.
-            token = request_id_var.set(request_id_of(claimed))
+    async def _worker(self) -> None:
+        while True:
+            self._wake.clear()
             try:
-                return await self._count_failure(claimed, error)
-            finally:
-                request_id_var.reset(token)
+                claimed = await self.store.claim_batch(self._worker_id, self._batch_size, LEASE)
+            except Exception as error:
+                log.warning("cannot claim inbox events: %r", error)
+                claimed = []
+            if claimed:
+                # Another worker may claim what arrived meanwhile.
+                self._wake.set()
+                await self.apply(claimed)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
 
-    async def _apply(self, connection: Any, event: Event) -> None:
-        """Downstream calls first (idempotent), local writes last, in one transaction: an error
-        at any point leaves nothing half-written here, and the retry repeats only harmless
-        calls. Errors propagate to `process`, which counts them once rolled back."""
-        intent = interpret(event, self.catalogue, stripe_livemode=self._stripe_livemode)
-        outcome = await self._effect(connection, event, intent)
-        ignored = intent.reason if isinstance(intent, Ignore) else outcome.ignored
-        if ignored:
-            await self._finish(connection, event, "ignored", ignored, outcome.payment_key)
-        else:
-            await self._finish(connection, event, "processed", "", outcome.payment_key)
+    async def _listen(self) -> None:
+        """LISTEN for new events committed by any replica; the poll remains the safety net."""
+        dsn = self._database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        while True:
+            try:
+                connection = await asyncpg.connect(
+                    dsn, timeout=5, server_settings={"application_name": "payments-listener"}
+                )
+                try:
+                    await connection.add_listener(INBOX_CHANNEL, lambda *_: self._wake.set())
+                    while not connection.is_closed():
+                        await asyncio.sleep(1)
+                        await connection.execute("SELECT 1")
+                finally:
+                    await connection.close()
+            except Exception as error:
+                log.debug("inbox listener reconnecting: %r", error)
+            await asyncio.sleep(1)
 
-    async def _count_failure(self, event: Event, error: BaseException) -> bool:
+    async def process(self, inbox_id: int) -> bool:
+        """Apply this one event now (a replay, a refund made here). False if it is not pending
+        or another worker holds it."""
+        event = await self.store.claim_one(self._worker_id, inbox_id, LEASE)
+        if event is None:
+            return False
+        await self.apply([event])
+        return True
+
+    # --- a claimed batch -----------------------------------------------------------------------
+
+    async def apply(self, events: list[Event]) -> None:
+        """Apply claimed events: purchases together, the rest one by one."""
+        purchases: list[_Purchase] = []
+        others: list[tuple[Event, Intent]] = []
+        for event in events:
+            try:
+                intent = interpret(event, self.catalogue, stripe_livemode=self._stripe_livemode)
+            except Exception as error:
+                await self._count_failure(event, error)
+                continue
+            if isinstance(intent, Grant):
+                purchases.append(_Purchase(event, intent))
+            else:
+                others.append((event, intent))
+        # Two events of one payment in a batch are applied one after the other.
+        keys = Counter((p.grant.provider, p.grant.payment_key) for p in purchases)
+        together = [p for p in purchases if keys[(p.grant.provider, p.grant.payment_key)] == 1]
+        alone = [p for p in purchases if keys[(p.grant.provider, p.grant.payment_key)] > 1]
+        if together:
+            await self._apply_purchases(together)
+        for purchase in alone:
+            await self._apply_one(purchase.event, purchase.grant)
+        for event, intent in others:
+            await self._apply_one(event, intent)
+
+    async def _apply_purchases(self, purchases: list[_Purchase]) -> None:
+        try:
+            payers = await self.downstream.resolve_payers([p.grant.payer for p in purchases])
+        except Exception as error:
+            for purchase in purchases:
+                await self._count_failure(purchase.event, error)
+            return
+        resolved: list[_Purchase] = []
+        for purchase, payer in zip(purchases, payers, strict=True):
+            if isinstance(payer, Exception):
+                await self._count_failure(purchase.event, payer)
+            else:
+                purchase.user_id = payer
+                resolved.append(purchase)
+        if not resolved:
+            return
+        # The facts first (ledger rows), then the grants: a link or refund of one of these
+        # payments handled meanwhile sees them. A one-off card payment already known to have
+        # paid an invoice grants nothing: the invoice's grant stands for it.
+        try:
+            async with self.store.transaction() as connection:
+                by_provider: dict[str, list[str]] = {}
+                for purchase in resolved:
+                    by_provider.setdefault(purchase.grant.provider, []).append(
+                        purchase.grant.payment_key
+                    )
+                paid_invoices: dict[str, str] = {}
+                for provider, keys in sorted(by_provider.items()):
+                    await self.store.lock_payments(connection, provider, keys)
+                    if provider == stripe_events.PROVIDER:
+                        paid_invoices = await self.store.invoices_of_payments(
+                            connection, provider, keys
+                        )
+                to_grant = [
+                    p
+                    for p in resolved
+                    if p.grant.invoice_id is not None
+                    or p.grant.payment_key not in paid_invoices
+                    or p.grant.provider != stripe_events.PROVIDER
+                ]
+                await self.store.upsert_payments(
+                    connection, [_ledger_row(p.grant, p.user_id) for p in to_grant]
+                )
+        except Exception as error:
+            for purchase in resolved:
+                await self._count_failure(purchase.event, error)
+            return
+        try:
+            outcomes = await self.downstream.grant_many(
+                [
+                    grant_request(
+                        user_id=p.user_id,
+                        sku=p.grant.sku,
+                        provider=p.grant.provider,
+                        payment_key=p.grant.payment_key,
+                        event_id=f"{p.event.provider}:{p.event.event_id}",
+                        purchased_at=p.grant.purchased_at,
+                        until=p.grant.until,
+                    )
+                    for p in to_grant
+                ]
+            )
+        except Exception as error:
+            for purchase in to_grant:
+                await self._count_failure(purchase.event, error)
+            outcomes = None
+        finished: list[tuple[Event, str, str, str | None]] = []
+        for purchase, outcome in zip(to_grant, outcomes or [], strict=False):
+            if outcome is not None:
+                await self._count_failure(purchase.event, outcome)
+            else:
+                finished.append((purchase.event, "processed", "", purchase.grant.payment_key))
+        granting = {id(p) for p in to_grant}
+        for purchase in resolved:
+            if id(purchase) not in granting:
+                key = purchase.grant.payment_key
+                note = f"payment of invoice {paid_invoices[key]}: the invoice grants"
+                finished.append((purchase.event, "ignored", note, key))
+        await self._finish(finished)
+
+    async def _finish(self, finished: list[tuple[Event, str, str, str | None]]) -> None:
+        try:
+            async with self.store.transaction() as connection:
+                await self.store.finish_claimed(connection, finished)
+        except Exception as error:
+            for event, *_ in finished:
+                await self._count_failure(event, error)
+            return
+        for event, outcome, note, key in finished:
+            EVENTS_FINISHED.labels(event.provider, event.event_type, outcome).inc()
+            with _serving(event):
+                log.info("%s %s: %s", event.event_type, outcome, key or note or "-")
+
+    # --- one event -----------------------------------------------------------------------------
+
+    async def _apply_one(self, event: Event, intent: Intent) -> None:
+        with _serving(event):
+            try:
+                done = await self._effect(event, intent)
+            except Exception as error:
+                await self._count_failure(event, error)
+                return
+        ignored = intent.reason if isinstance(intent, Ignore) else done.ignored
+        outcome = "ignored" if ignored else "processed"
+        await self._finish([(event, outcome, ignored, done.payment_key)])
+
+    async def _effect(self, event: Event, intent: Intent) -> _Done:
+        event_ref = f"{event.provider}:{event.event_id}"
+        if isinstance(intent, Grant):
+            return await self._grant(intent, event_ref)
+        if isinstance(intent, Revoke):
+            return await self._revoke(intent, event_ref)
+        if isinstance(intent, LinkInvoicePayment):
+            return await self._link_invoice_payment(intent, event_ref)
+        if isinstance(intent, Reinstate):
+            return await self._reinstate(intent, event_ref)
+        if isinstance(intent, Record):
+            async with self.store.transaction() as connection:
+                await self.store.upsert_payment(
+                    connection,
+                    provider=intent.provider,
+                    payment_key=intent.payment_key,
+                    status=intent.status,
+                    amount=intent.amount,
+                    currency=intent.currency,
+                    amount_refunded=intent.amount_refunded,
+                )
+            return _Done(intent.payment_key)
+        if isinstance(intent, SubscriptionState):
+            async with self.store.transaction() as connection:
+                await self.store.set_subscription_state(
+                    connection, intent.provider, intent.subscription_id, intent.state
+                )
+        return _Done(None)
+
+    async def _grant(self, intent: Grant, event_ref: str) -> _Done:
+        user_id = await self.downstream.resolve_payer(intent.payer)
+        async with self.store.transaction() as connection:
+            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
+            if intent.invoice_id is None and intent.provider == stripe_events.PROVIDER:
+                invoice_id = await self.store.invoice_of_payment(
+                    connection, intent.provider, intent.payment_key
+                )
+                if invoice_id is not None:
+                    return _Done(
+                        intent.payment_key, f"payment of invoice {invoice_id}: the invoice grants"
+                    )
+            await self.store.upsert_payments(connection, [_ledger_row(intent, user_id)])
+        await self.downstream.grant(
+            user_id=user_id,
+            sku=intent.sku,
+            provider=intent.provider,
+            payment_key=intent.payment_key,
+            event_id=event_ref,
+            purchased_at=intent.purchased_at,
+            until=intent.until,
+        )
+        return _Done(intent.payment_key)
+
+    async def _revoke(self, intent: Revoke, event_ref: str) -> _Done:
+        """Revoke the payment's grant, the grant of the invoice it paid if any, and the time a
+        won dispute gave back. A revoke before its payment leaves a tombstone: the later grant
+        stays revoked."""
+        async with self.store.transaction() as connection:
+            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
+            invoice_id = await self.store.invoice_of_payment(
+                connection, intent.provider, intent.payment_key
+            )
+            keys = [key for key in (intent.payment_key, invoice_id) if key is not None]
+            given_back = []
+            for key in keys:
+                payment = await self.store.payment_row(connection, intent.provider, key)
+                if payment is not None and payment["status"] == "dispute_won":
+                    given_back.append(reinstated_key(key))
+                await self.store.upsert_payment(
+                    connection,
+                    provider=intent.provider,
+                    payment_key=key,
+                    status=intent.status,
+                    amount_refunded=intent.amount_refunded,
+                )
+        for key in keys + given_back:
+            await self.downstream.revoke(
+                provider=intent.provider, payment_key=key, event_id=event_ref, reason=intent.status
+            )
+        return _Done(intent.payment_key)
+
+    async def _link_invoice_payment(self, intent: LinkInvoicePayment, event_ref: str) -> _Done:
+        """Remember which payment paid the invoice, then catch up with what came before: a
+        refund or dispute of the payment revokes the invoice's grant too, and a grant the
+        payment's own charge made is undone (the invoice's grant stands for the purchase)."""
+        revoke: tuple[str, str] | None = None
+        async with self.store.transaction() as connection:
+            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
+            await self.store.link_invoice_payment(
+                connection, intent.provider, intent.payment_key, intent.invoice_id
+            )
+            payment = await self.store.payment_row(connection, intent.provider, intent.payment_key)
+            if payment is not None and payment["status"] in _MONEY_BACK:
+                revoke = (intent.invoice_id, payment["status"])
+                await self.store.upsert_payment(
+                    connection,
+                    provider=intent.provider,
+                    payment_key=intent.invoice_id,
+                    status=payment["status"],
+                    amount_refunded=payment["amount_refunded"],
+                )
+            elif payment is not None and payment["sku"] and payment["invoice_id"] is None:
+                revoke = (intent.payment_key, f"superseded by invoice {intent.invoice_id}")
+                await self.store.upsert_payment(
+                    connection,
+                    provider=intent.provider,
+                    payment_key=intent.payment_key,
+                    status="superseded",
+                    invoice_id=intent.invoice_id,
+                )
+        if revoke is not None:
+            await self.downstream.revoke(
+                provider=intent.provider,
+                payment_key=revoke[0],
+                event_id=event_ref,
+                reason=revoke[1],
+            )
+        return _Done(intent.payment_key)
+
+    async def _reinstate(self, intent: Reinstate, event_ref: str) -> _Done:
+        """A won dispute gives back the time its revoke took, as a grant of its own placed
+        where the disputed one stood."""
+        async with self.store.transaction() as connection:
+            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
+            disputed = await self.store.payment_row(connection, intent.provider, intent.payment_key)
+            # A payment that paid an invoice: the invoice's grant is the one that stands for it.
+            key = (
+                await self.store.invoice_of_payment(connection, intent.provider, intent.payment_key)
+                or intent.payment_key
+            )
+            granted = await self.store.payment_row(connection, intent.provider, key)
+        if disputed is not None and disputed["status"] == "dispute_won":
+            return _Done(intent.payment_key)
+        if disputed is not None and disputed["status"] == "refunded":
+            # The money went back by a refund as well: there is no time to give back.
+            return _Done(intent.payment_key, "dispute won on a refunded payment")
+        if granted is None or not granted["user_id"]:
+            raise Retryable("the disputed payment has not been granted yet")
+        await self.downstream.reinstate(
+            user_id=granted["user_id"],
+            provider=intent.provider,
+            payment_key=key,
+            event_id=event_ref,
+        )
+        async with self.store.transaction() as connection:
+            for settled in {key, intent.payment_key}:
+                await self.store.upsert_payment(
+                    connection, provider=intent.provider, payment_key=settled, status="dispute_won"
+                )
+        return _Done(intent.payment_key)
+
+    # --- failures ------------------------------------------------------------------------------
+
+    async def _count_failure(self, event: Event, error: BaseException) -> None:
+        """Count a failed attempt in its own transaction: reschedule with backoff, or keep the
+        event as failed when it can never succeed or has been tried MAX_ATTEMPTS times."""
         attempt = event.attempts + 1
         if isinstance(error, Unprocessable):
             give_up, reason, code = True, str(error), error.code
@@ -189,27 +524,31 @@ class Processor:
             text = str(error) if isinstance(error, Retryable) else f"error: {error!r}"
             reason = f"[{code}] {text[:400]}" if give_up else text[:400]
         delay = backoff(event.attempts)
-        try:
-            counted = await self.store.count_failed_attempt(event, reason, delay, give_up=give_up)
-        except Exception as store_error:
-            log.warning("attempt of %s not counted: %r", event.event_id, store_error)
-            return False
-        if not counted:
-            return True
-        if give_up:
-            EVENTS_FINISHED.labels(event.provider, event.event_type, "failed").inc()
-            EVENTS_FAILED.labels(event.provider, code).inc()
-            unexpected = not isinstance(error, (Unprocessable, Retryable)) and code != (
-                "database_refused"
-            )
-            log.error(
-                "event %s kept as failed after %d attempt(s): %s",
-                event.event_id,
-                attempt,
-                reason,
-                exc_info=error if unexpected else None,
-            )
-        else:
+        with _serving(event):
+            try:
+                counted = await self.store.count_failed_attempt(
+                    event, reason, delay, give_up=give_up
+                )
+            except Exception as store_error:
+                # The database is away: the lease runs out and the event is claimed again.
+                log.warning("attempt of %s not counted: %r", event.event_id, store_error)
+                return
+            if not counted:
+                return
+            if give_up:
+                EVENTS_FINISHED.labels(event.provider, event.event_type, "failed").inc()
+                EVENTS_FAILED.labels(event.provider, code).inc()
+                unexpected = not isinstance(error, (Unprocessable, Retryable)) and (
+                    code != "database_refused"
+                )
+                log.error(
+                    "event %s kept as failed after %d attempt(s): %s",
+                    event.event_id,
+                    attempt,
+                    reason,
+                    exc_info=error if unexpected else None,
+                )
+                return
             if isinstance(error, Retryable):
                 EVENT_RETRIES.labels(event.provider).inc()
             log.warning(
@@ -219,203 +558,20 @@ class Processor:
                 delay.total_seconds(),
                 reason,
             )
-        return True
 
-    async def _finish(
-        self,
-        connection: Any,
-        event: Event,
-        outcome: str,
-        error: str,
-        payment_key: str | None = None,
-    ) -> None:
-        await self.store.finish(connection, event, outcome, error, payment_key)
-        EVENTS_FINISHED.labels(event.provider, event.event_type, outcome).inc()
-        log.info("%s %s: %s", event.event_type, outcome, payment_key or error or "-")
 
-    async def _effect(self, connection: Any, event: Event, intent: Intent) -> _Outcome:
-        event_ref = f"{event.provider}:{event.event_id}"
-        if isinstance(intent, Grant):
-            return await self._grant(connection, intent, event_ref)
-        if isinstance(intent, Revoke):
-            return await self._revoke(connection, intent, event_ref)
-        if isinstance(intent, Record):
-            await self.store.upsert_payment(
-                connection,
-                provider=intent.provider,
-                payment_key=intent.payment_key,
-                status=intent.status,
-                amount=intent.amount,
-                currency=intent.currency,
-                amount_refunded=intent.amount_refunded,
-            )
-            return _Outcome(intent.payment_key)
-        if isinstance(intent, LinkInvoicePayment):
-            return await self._link_invoice_payment(connection, intent, event_ref)
-        if isinstance(intent, Reinstate):
-            return await self._reinstate(connection, intent, event_ref)
-        if isinstance(intent, SubscriptionState):
-            await self.store.set_subscription_state(
-                connection, intent.provider, intent.subscription_id, intent.state
-            )
-        return _Outcome(None)
-
-    async def _grant(self, connection: Any, intent: Grant, event_ref: str) -> _Outcome:
-        await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-        if intent.invoice_id is None:
-            invoice_id = await self.store.invoice_of_payment(
-                connection, intent.provider, intent.payment_key
-            )
-            if invoice_id is not None:
-                return _Outcome(
-                    intent.payment_key, f"payment of invoice {invoice_id}: the invoice grants"
-                )
-        user_id = await self.downstream.resolve_payer(intent.payer)
-        await self.downstream.grant(
-            user_id=user_id,
-            sku=intent.sku,
-            provider=intent.provider,
-            payment_key=intent.payment_key,
-            event_id=event_ref,
-            purchased_at=intent.purchased_at,
-            until=intent.until,
-        )
-        await self.store.upsert_payment(
-            connection,
-            provider=intent.provider,
-            payment_key=intent.payment_key,
-            status="succeeded",
-            user_id=user_id,
-            sku=intent.sku.name,
-            amount=intent.amount,
-            currency=intent.currency,
-            subscription_id=intent.subscription_id,
-            purchased_at=intent.purchased_at,
-            invoice_id=intent.invoice_id,
-        )
-        return _Outcome(intent.payment_key)
-
-    async def _revoke(self, connection: Any, intent: Revoke, event_ref: str) -> _Outcome:
-        """Revoke the payment's grant, and the grant of the invoice it paid, if any.
-
-        A revoke before its payment leaves a tombstone: the later grant stays revoked.
-        """
-        await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-        invoice_id = await self.store.invoice_of_payment(
-            connection, intent.provider, intent.payment_key
-        )
-        for key in (intent.payment_key, invoice_id):
-            if key is None:
-                continue
-            await self.downstream.revoke(
-                provider=intent.provider, payment_key=key, event_id=event_ref, reason=intent.status
-            )
-            payment = await self.store.payment_row(connection, intent.provider, key)
-            if payment is not None and payment["status"] == "dispute_won":
-                # The time a won dispute gave back goes too when the money goes back after all.
-                await self.downstream.revoke(
-                    provider=intent.provider,
-                    payment_key=reinstated_key(key),
-                    event_id=event_ref,
-                    reason=intent.status,
-                )
-            await self.store.upsert_payment(
-                connection,
-                provider=intent.provider,
-                payment_key=key,
-                status=intent.status,
-                amount_refunded=intent.amount_refunded,
-            )
-        return _Outcome(intent.payment_key)
-
-    async def _link_invoice_payment(
-        self, connection: Any, intent: LinkInvoicePayment, event_ref: str
-    ) -> _Outcome:
-        """Remember which payment paid the invoice, then catch up with what came before:
-        a refund or dispute of the payment revokes the invoice's grant too, and a grant the
-        payment's own charge made is undone (the invoice's grant stands for the purchase)."""
-        await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-        await self.store.link_invoice_payment(
-            connection, intent.provider, intent.payment_key, intent.invoice_id
-        )
-        payment = await self.store.payment_row(connection, intent.provider, intent.payment_key)
-        if payment is None:
-            return _Outcome(intent.payment_key)
-        if payment["status"] in _MONEY_BACK:
-            await self.downstream.revoke(
-                provider=intent.provider,
-                payment_key=intent.invoice_id,
-                event_id=event_ref,
-                reason=payment["status"],
-            )
-            await self.store.upsert_payment(
-                connection,
-                provider=intent.provider,
-                payment_key=intent.invoice_id,
-                status=payment["status"],
-                amount_refunded=payment["amount_refunded"],
-            )
-        elif payment["sku"] and payment["invoice_id"] is None:
-            await self.downstream.revoke(
-                provider=intent.provider,
-                payment_key=intent.payment_key,
-                event_id=event_ref,
-                reason=f"superseded by invoice {intent.invoice_id}",
-            )
-            await self.store.upsert_payment(
-                connection,
-                provider=intent.provider,
-                payment_key=intent.payment_key,
-                status="superseded",
-                invoice_id=intent.invoice_id,
-            )
-        return _Outcome(intent.payment_key)
-
-    async def _reinstate(self, connection: Any, intent: Reinstate, event_ref: str) -> _Outcome:
-        """A won dispute gives back the time its revoke took, as a grant of its own placed
-        where the disputed one stood."""
-        await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-        disputed = await self.store.payment_row(connection, intent.provider, intent.payment_key)
-        if disputed is not None and disputed["status"] == "dispute_won":
-            return _Outcome(intent.payment_key)
-        if disputed is not None and disputed["status"] == "refunded":
-            # The money went back by a refund as well: there is no time to give back.
-            return _Outcome(intent.payment_key, "dispute won on a refunded payment")
-        # A payment that paid an invoice: the invoice's grant is the one that stands for it.
-        key = (
-            await self.store.invoice_of_payment(connection, intent.provider, intent.payment_key)
-            or intent.payment_key
-        )
-        granted = await self.store.payment_row(connection, intent.provider, key)
-        if granted is None or not granted["user_id"]:
-            raise Retryable("the disputed payment has not been granted yet")
-        await self.downstream.reinstate(
-            user_id=granted["user_id"],
-            provider=intent.provider,
-            payment_key=key,
-            event_id=event_ref,
-        )
-        for settled in {key, intent.payment_key}:
-            await self.store.upsert_payment(
-                connection, provider=intent.provider, payment_key=settled, status="dispute_won"
-            )
-        return _Outcome(intent.payment_key)
-
-    async def run_workers(self) -> None:
-        """Fresh events first; when there are none, the due retries (and rows left behind by a
-        crashed replica) found by polling the table."""
-        await asyncio.gather(*(self._worker() for _ in range(self._workers)))
-
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_poll = 0.0
-        while True:
-            if loop.time() >= next_poll:
-                while await self.process():
-                    pass
-                next_poll = loop.time() + self._poll_seconds
-            try:
-                inbox_id = await asyncio.wait_for(self._fresh.get(), self._poll_seconds)
-            except TimeoutError:
-                continue
-            await self.process(inbox_id)
+def _ledger_row(grant: Grant, user_id: str) -> dict[str, Any]:
+    """The ledger row of a purchase about to be granted (every column, for one upsert)."""
+    return {
+        "provider": grant.provider,
+        "payment_key": grant.payment_key,
+        "status": "succeeded",
+        "user_id": user_id,
+        "sku": grant.sku.name,
+        "amount": grant.amount,
+        "currency": grant.currency,
+        "amount_refunded": 0,
+        "subscription_id": grant.subscription_id,
+        "purchased_at": grant.purchased_at,
+        "invoice_id": grant.invoice_id,
+    }

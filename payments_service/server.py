@@ -32,6 +32,7 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         catalogue,
         workers=workers,
         stripe_livemode=settings.stripe_livemode,
+        database_url=settings.database_url,
     )
     servicer = PaymentsServicer(store, processor, catalogue, bot)
 

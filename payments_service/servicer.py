@@ -127,7 +127,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             EVENTS_DUPLICATE.labels(recorded.provider).inc()
             return
         EVENTS_RECEIVED.labels(recorded.provider, recorded.event_type).inc()
-        self.processor.kick(recorded.id)
+        self.processor.kick()
 
     async def HandleStripeEvent(
         self, request: payments_pb2.HandleStripeEventRequest, context: grpc.aio.ServicerContext

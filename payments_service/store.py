@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, case, func, literal, select, update
+from sqlalchemy import Interval, bindparam, case, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -46,6 +46,8 @@ class Event:
     received_at: datetime
     next_attempt_at: datetime
     processed_at: datetime | None
+    claimed_until: datetime | None = None
+    claimed_by: str | None = None
 
 
 def _event(row: Any) -> Event:
@@ -70,40 +72,67 @@ _RECORD = (
 _EXISTING = select(inbox).where(
     inbox.c.provider == bindparam("provider"), inbox.c.event_id == bindparam("event_id")
 )
-_CLAIM_ONE = (
-    select(inbox)
-    .where(inbox.c.status == "pending", inbox.c.id == bindparam("inbox_id"))
-    .with_for_update(skip_locked=True)
-)
-_CLAIM_DUE = (
-    select(inbox)
-    .where(inbox.c.status == "pending", inbox.c.next_attempt_at <= func.now())
+# The next due events no other worker holds, claimed for a lease in one short statement.
+# SKIP LOCKED keeps two workers' claims apart; the lease keeps the claim after it commits.
+_DUE = (
+    select(inbox.c.id)
+    .where(
+        inbox.c.status == "pending",
+        inbox.c.next_attempt_at <= func.now(),
+        or_(inbox.c.claimed_until.is_(None), inbox.c.claimed_until < func.now()),
+    )
     .order_by(inbox.c.next_attempt_at)
-    .limit(1)
+    .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
+    .scalar_subquery()
 )
-_FINISH = (
+_CLAIM_BATCH = (
     update(inbox)
-    .where(inbox.c.id == bindparam("inbox_id"))
+    .where(inbox.c.id.in_(_DUE))
+    .values(
+        claimed_until=func.now() + bindparam("lease", type_=Interval()),
+        claimed_by=bindparam("worker"),
+    )
+    .returning(*inbox.c)
+)
+_CLAIM_ONE_LEASED = (
+    update(inbox)
+    .where(
+        inbox.c.id == bindparam("inbox_id"),
+        inbox.c.status == "pending",
+        or_(inbox.c.claimed_until.is_(None), inbox.c.claimed_until < func.now()),
+    )
+    .values(
+        claimed_until=func.now() + bindparam("lease", type_=Interval()),
+        claimed_by=bindparam("worker"),
+    )
+    .returning(*inbox.c)
+)
+_RELEASE = (
+    update(inbox)
+    .where(inbox.c.claimed_by == bindparam("worker"), inbox.c.status == "pending")
+    .values(claimed_until=None, claimed_by=None)
+)
+# Finishing a claimed event: only while it is still pending (a worker whose lease ran out
+# may finish an event another worker finished already; the effects were the same).
+_FINISH_CLAIMED = (
+    update(inbox)
+    .where(inbox.c.id == bindparam("inbox_id"), inbox.c.status == "pending")
     .values(
         status=bindparam("status"),
         error=bindparam("error"),
         attempts=inbox.c.attempts + 1,
         payment_key=bindparam("payment_key"),
         processed_at=func.now(),
+        claimed_until=None,
     )
 )
-_RETRY_LATER = (
-    update(inbox)
-    .where(inbox.c.id == bindparam("inbox_id"))
-    .values(
-        error=bindparam("error"),
-        attempts=inbox.c.attempts + 1,
-        next_attempt_at=func.now() + bindparam("delay", type_=Interval()),
-    )
+# Serialise the events of these payments until the transaction ends, locks taken in one
+# order so that two batches never wait on each other.
+_LOCK_PAYMENTS = text(
+    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h"
+    " FROM unnest(CAST(:keys AS text[])) AS k) AS locks ORDER BY h"
 )
-# An attempt that failed, counted after its own transaction rolled back. Only if nobody has
-# counted or finished it since: the row is no longer locked by then.
 _COUNT_FAILED_ATTEMPT = (
     update(inbox)
     .where(
@@ -117,6 +146,7 @@ _COUNT_FAILED_ATTEMPT = (
         attempts=inbox.c.attempts + 1,
         next_attempt_at=func.now() + bindparam("delay", type_=Interval()),
         processed_at=bindparam("processed_at", type_=inbox.c.processed_at.type),
+        claimed_until=None,
     )
 )
 
@@ -200,42 +230,73 @@ class Store:
                 return _event(inserted), False
             return _event((await connection.execute(_EXISTING, key)).one()), True
 
+    async def claim_batch(self, worker: str, limit: int, lease: timedelta) -> list[Event]:
+        """Claim up to `limit` due events for `lease`; committed at once, so no lock is held
+        while they are applied."""
+        async with self._single.connect() as connection:
+            rows = await connection.execute(
+                _CLAIM_BATCH, {"limit": limit, "lease": lease, "worker": worker}
+            )
+            return sorted((_event(row) for row in rows), key=lambda e: e.id)
+
+    async def claim_one(self, worker: str, inbox_id: int, lease: timedelta) -> Event | None:
+        """Claim this event, if it is pending and nobody holds it."""
+        async with self._single.connect() as connection:
+            row = (
+                await connection.execute(
+                    _CLAIM_ONE_LEASED, {"inbox_id": inbox_id, "lease": lease, "worker": worker}
+                )
+            ).first()
+            return _event(row) if row is not None else None
+
+    async def release(self, worker: str) -> None:
+        """Give back this worker's unfinished claims (on shutdown): no lease to wait out."""
+        async with self._single.connect() as connection:
+            await connection.execute(_RELEASE, {"worker": worker})
+
     @asynccontextmanager
-    async def claim(
-        self, inbox_id: int | None = None
-    ) -> AsyncIterator[tuple[AsyncConnection, Event | None]]:
-        """Lock one pending event (this one, or the next due) for the length of a transaction.
-
-        SKIP LOCKED lets replicas share the queue: a row being processed elsewhere is passed
-        over, never processed twice. A crash releases the lock and leaves the row pending.
-        """
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as connection:
-            if inbox_id is None:
-                row = (await connection.execute(_CLAIM_DUE)).first()
-            else:
-                row = (await connection.execute(_CLAIM_ONE, {"inbox_id": inbox_id})).first()
-            yield connection, _event(row) if row is not None else None
+            yield connection
 
     @staticmethod
-    async def finish(
-        connection: AsyncConnection,
-        event: Event,
-        status: str,
-        error: str = "",
-        payment_key: str | None = None,
-    ) -> None:
-        await connection.execute(
-            _FINISH,
-            {"inbox_id": event.id, "status": status, "error": error, "payment_key": payment_key},
-        )
+    async def lock_payments(connection: AsyncConnection, provider: str, keys: list[str]) -> None:
+        if keys:
+            await connection.execute(
+                _LOCK_PAYMENTS, {"keys": [f"{provider}:{key}" for key in keys]}
+            )
 
     @staticmethod
-    async def retry_later(
-        connection: AsyncConnection, event: Event, error: str, delay: timedelta
+    async def finish_claimed(
+        connection: AsyncConnection, finished: list[tuple[Event, str, str, str | None]]
     ) -> None:
-        await connection.execute(
-            _RETRY_LATER, {"inbox_id": event.id, "error": error, "delay": delay}
+        """Mark claimed events done: (event, status, error, payment key) each."""
+        if finished:
+            await connection.execute(
+                _FINISH_CLAIMED,
+                [
+                    {"inbox_id": e.id, "status": status, "error": error, "payment_key": key}
+                    for e, status, error, key in finished
+                ],
+            )
+
+    @staticmethod
+    async def invoices_of_payments(
+        connection: AsyncConnection, provider: str, keys: list[str]
+    ) -> dict[str, str]:
+        rows = await connection.execute(
+            select(invoice_payments.c.payment_key, invoice_payments.c.invoice_id).where(
+                invoice_payments.c.provider == provider,
+                invoice_payments.c.payment_key.in_(keys),
+            )
         )
+        return {row.payment_key: row.invoice_id for row in rows}
+
+    @staticmethod
+    async def upsert_payments(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """`upsert_payment` for many rows in one round trip (each row with every column)."""
+        if rows:
+            await connection.execute(_UPSERT_PAYMENT, rows)
 
     async def count_failed_attempt(
         self, event: Event, error: str, delay: timedelta, *, give_up: bool
@@ -381,6 +442,7 @@ class Store:
                         attempts=0,
                         next_attempt_at=func.now(),
                         processed_at=None,
+                        claimed_until=None,
                     )
                     .returning(*inbox.c)
                 )

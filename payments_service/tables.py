@@ -19,6 +19,8 @@ from sqlalchemy import (
 
 SCHEMA = "payments"
 metadata = MetaData(schema=SCHEMA)
+# NOTIFY'd on every insert into the inbox (a trigger of migration 0003): workers wake at once.
+INBOX_CHANNEL = "payments_inbox"
 
 EVENT_STATUSES = ("pending", "processed", "ignored", "failed")
 
@@ -39,6 +41,10 @@ inbox = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True)),
+    # A worker's claim: until then no other worker takes the event; past it, one may (the
+    # claimant crashed), and applies it again, which its idempotent effects allow.
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("claimed_by", Text),
     UniqueConstraint("provider", "event_id", name="inbox_provider_event_id_key"),
     CheckConstraint(
         "status IN ('pending', 'processed', 'ignored', 'failed')", name="inbox_status_check"

@@ -1,0 +1,40 @@
+"""Inbox leases and a wake-up notice: workers claim batches briefly and hold no lock meanwhile.
+
+Revision ID: 0003
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+SCHEMA = "payments"
+
+
+def upgrade() -> None:
+    op.add_column("inbox", sa.Column("claimed_until", sa.DateTime(timezone=True)), schema=SCHEMA)
+    op.add_column("inbox", sa.Column("claimed_by", sa.Text), schema=SCHEMA)
+    # Every replica's workers wake on a new event at once, instead of at their next poll.
+    op.execute(
+        """
+        CREATE FUNCTION payments.notify_inbox() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('payments_inbox', '');
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER inbox_notify AFTER INSERT ON payments.inbox"
+        " FOR EACH STATEMENT EXECUTE FUNCTION payments.notify_inbox()"
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TRIGGER inbox_notify ON payments.inbox")
+    op.execute("DROP FUNCTION payments.notify_inbox()")
+    op.drop_column("inbox", "claimed_by", schema=SCHEMA)
+    op.drop_column("inbox", "claimed_until", schema=SCHEMA)
