@@ -99,12 +99,25 @@ async def test_killed_after_the_inbox_commit_and_before_the_grant(
     figure("payments killed after inbox commit, before grant", purchases)
 
 
-async def test_killed_after_the_grant_and_before_the_commit(
-    fault_stack: Stack, fault_engine: AsyncEngine
+async def eventually_true(probe, within: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + within
+    while not await probe():
+        assert asyncio.get_running_loop().time() < deadline, "the worker never got there"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("moment", ["after_the_claim_before_the_grant", "after_the_grant"])
+async def test_killed_mid_event_then_its_lease_runs_out_and_it_applies_once(
+    fault_stack: Stack, fault_engine: AsyncEngine, moment: str
 ) -> None:
-    """The worst moment: the grant is made, the inbox row not yet marked. The retry must not
-    grant twice. A transaction of this test holds the payment's row, so payments blocks right
-    after the grant, and is killed there."""
+    """The worker is killed while it holds the event's lease: after claiming it and writing
+    its ledger row (before the grant), or after the grant (before marking it done, the worst
+    moment). Once the lease runs out another worker takes it, and it grants once.
+
+    How the worker is held there: this test inserts the grant's source row in entitlements
+    without committing, so the grant waits on it; for the second moment it then also locks the
+    inbox row (the claim is committed by then) and lets the grant through, so the worker
+    blocks marking the event done."""
     catalogue = load_catalogue(fault_stack.settings.catalogue_path)
     buyer, intent = secrets.randbelow(10**12) + 10**9, f"pi_{secrets.token_hex(8)}"
     event = stripe_event(
@@ -114,34 +127,52 @@ async def test_killed_after_the_grant_and_before_the_commit(
         telegram_user_id=buyer,
         payment_intent=intent,
     )
-    async with fault_engine.connect() as blocker:
-        await blocker.execute(
+
+    async def claimed_and_recorded() -> bool:
+        async with fault_engine.connect() as observer:
+            claimed = await observer.scalar(
+                select(inbox.c.claimed_until).where(inbox.c.event_id == event["id"])
+            )
+            recorded = await observer.scalar(
+                select(payments.c.status).where(payments.c.payment_key == intent)
+            )
+        return claimed is not None and recorded == "succeeded"
+
+    async with fault_engine.connect() as grant_blocker, fault_engine.connect() as row_blocker:
+        await grant_blocker.execute(
             text(
-                "INSERT INTO payments.payments (provider, payment_key, status)"
-                " VALUES ('stripe', :key, 'failed')"
+                "INSERT INTO entitlements.grants (grant_id, provider, reference, revoked_at)"
+                " VALUES (gen_random_uuid(), 'stripe', :key, now())"
             ),
             {"key": intent},
         )
         async with aiohttp.ClientSession() as http:
             assert (await post_stripe(http, fault_stack, event))[0] == 200
-        user_id = await user_of_telegram(fault_stack, buyer)
-        granted = await eventually(
-            lambda: check(fault_stack, user_id, "premium"), lambda r: r.active
-        )
-        assert granted.active, "the grant was never made"
+        await eventually_true(claimed_and_recorded)
+        if moment == "after_the_grant":
+            await row_blocker.execute(
+                select(inbox.c.id).where(inbox.c.event_id == event["id"]).with_for_update()
+            )
+            await grant_blocker.rollback()
+            user_id = await user_of_telegram(fault_stack, buyer)
+            granted = await eventually(
+                lambda: check(fault_stack, user_id, "premium"), lambda r: r.active
+            )
+            assert granted.active, "the grant was never made"
         async with fault_engine.connect() as observer:
             status = await observer.scalar(
                 select(inbox.c.status).where(inbox.c.event_id == event["id"])
             )
         assert status == "pending", "payments got past the point where it should be blocked"
         fault_stack.stop("payments", signal.SIGKILL)
-        await blocker.rollback()
+        await grant_blocker.rollback()
+        await row_blocker.rollback()
     fault_stack.start("payments")
     await fault_stack.up()
     purchase = [Purchase("stripe", event["id"], buyer, [200])]
     await settle(fault_engine, purchase, within=60)
     await assert_each_took_effect_once(fault_stack, purchase)
-    figure("payments killed after grant, before commit", purchase)
+    figure(f"payments killed {moment.replace('_', ' ')}", purchase)
     async with fault_engine.connect() as connection:
         row = (
             await connection.execute(select(payments).where(payments.c.payment_key == intent))
