@@ -29,6 +29,15 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
 
+def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ConfigError(f"{name} must be a whole number, not {value[:20]!r}")
+    return int(value)
+
+
 def _stripe_livemode(env: Mapping[str, str]) -> bool:
     """`STRIPE_LIVEMODE`, else live exactly when the API key is a live one."""
     given = env.get("STRIPE_LIVEMODE", "").strip().lower()
@@ -61,6 +70,8 @@ class Settings:
     metrics_addr: str = ""
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 10.0
+    # Processed and ignored events older than this leave the inbox (0: kept for ever).
+    inbox_retention_days: int = 90
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +96,7 @@ class Settings:
             metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
+            inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
         )
 
     def require(self, *names: str) -> None:

@@ -13,6 +13,7 @@ from payments_service.bot_api import BotApi
 from payments_service.downstream import Downstream
 from payments_service.metrics import watch_inbox
 from payments_service.processor import Processor
+from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
 from payments_service.store import Store
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -50,7 +51,11 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         add_servicer=lambda server: payments_pb2_grpc.add_PaymentsServiceServicer_to_server(
             servicer, server
         ),
-        background=[processor.run_workers, lambda: watch_inbox(store)],
+        background=[
+            processor.run_workers,
+            lambda: watch_inbox(store),
+            lambda: forget_old_events(store, settings.inbox_retention_days),
+        ],
         on_stop=[close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

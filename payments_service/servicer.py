@@ -227,16 +227,15 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListPaymentsResponse:
         limit = _page_size(request.page_size)
-        offset = _page_token(request.page_token) or 0
         rows = await self.store.list_payments(
             user_id=_text("user_id", request.user_id),
             provider=_provider(request.provider),
             limit=limit,
-            offset=offset,
+            before_seq=_page_token(request.page_token),
         )
         return payments_pb2.ListPaymentsResponse(
             payments=[payment_message(row) for row in rows],
-            next_page_token=str(offset + limit) if len(rows) == limit else "",
+            next_page_token=str(rows[-1]["seq"]) if len(rows) == limit else "",
         )
 
     async def CreateInvoiceLink(

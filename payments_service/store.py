@@ -459,14 +459,12 @@ class Store:
             return _event(row) if row is not None else None
 
     async def list_payments(
-        self, *, user_id: str, provider: str, limit: int, offset: int
+        self, *, user_id: str, provider: str, limit: int, before_seq: int | None
     ) -> list[dict[str, Any]]:
-        query = (
-            select(payments)
-            .order_by(payments.c.created_at.desc(), payments.c.payment_key)
-            .limit(limit)
-            .offset(offset)
-        )
+        """Newest first; keyset paging (`before_seq`), so page 1,000 costs what page 1 does."""
+        query = select(payments).order_by(payments.c.seq.desc()).limit(limit)
+        if before_seq is not None:
+            query = query.where(payments.c.seq < before_seq)
         if user_id:
             query = query.where(payments.c.user_id == user_id)
         if provider:
@@ -484,6 +482,28 @@ class Store:
                 )
             ).first()
             return dict(row._mapping) if row is not None else None
+
+    async def forget_done_events(self, older_than: timedelta, batch: int = 1000) -> int:
+        """Delete processed and ignored events older than `older_than`, a batch at a time so
+        no statement holds many locks; failed and pending ones stay. The ledger keeps what a
+        refund or an audit needs. Returns how many went."""
+        forgotten = 0
+        old = (
+            select(inbox.c.id)
+            .where(
+                inbox.c.status.in_(("processed", "ignored")),
+                inbox.c.processed_at < func.now() - bindparam("age", type_=Interval()),
+            )
+            .limit(batch)
+            .scalar_subquery()
+        )
+        statement = inbox.delete().where(inbox.c.id.in_(old))
+        while True:
+            async with self._single.connect() as connection:
+                deleted = (await connection.execute(statement, {"age": older_than})).rowcount
+            forgotten += deleted or 0
+            if not deleted or deleted < batch:
+                return forgotten
 
     async def inbox_depth(self) -> tuple[int, datetime | None, int]:
         """Pending events, when the oldest of them came, and failed events."""

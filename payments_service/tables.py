@@ -5,6 +5,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -58,6 +59,13 @@ Index(
 )
 Index("inbox_status_type_idx", inbox.c.status, inbox.c.event_type, inbox.c.id)
 Index("inbox_failed_idx", inbox.c.id, postgresql_where=text("status = 'failed'"))
+Index("inbox_payment_key_idx", inbox.c.provider, inbox.c.payment_key)
+# Old processed and ignored events leave the inbox after INBOX_RETENTION_DAYS.
+Index(
+    "inbox_done_idx",
+    inbox.c.processed_at,
+    postgresql_where=text("status IN ('processed', 'ignored')"),
+)
 
 # One row per purchase, keyed by the payment intent (else the charge) or the Telegram charge id.
 payments = Table(
@@ -76,12 +84,16 @@ payments = Table(
     Column("purchased_at", DateTime(timezone=True)),
     # The invoice this purchase paid for (a subscription period), when it was one.
     Column("invoice_id", Text),
+    # Insertion order, for paging the ledger without OFFSET.
+    Column("seq", BigInteger, Identity(always=False), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("provider", "payment_key", name="payments_pkey"),
 )
 Index("payments_user_idx", payments.c.user_id, payments.c.created_at)
 Index("payments_subscription_idx", payments.c.subscription_id)
+Index("payments_seq_idx", payments.c.seq, unique=True)
+Index("payments_user_seq_idx", payments.c.user_id, payments.c.seq)
 
 # Stripe from API 2025-03-31.basil: the payment (intent or charge) that paid an invoice. Its
 # refund or dispute revokes the invoice's grant, and its own charge event grants nothing.
