@@ -56,7 +56,7 @@ def build(settings: Settings) -> GrpcService:
         full_service_name=entitlements_pb2.DESCRIPTOR.services_by_name[
             "EntitlementsService"
         ].full_name,
-        internal_token=settings.internal_token,
+        settings=settings,
         engine=parts.engine,
         add_servicer=lambda server: entitlements_pb2_grpc.add_EntitlementsServiceServicer_to_server(
             parts.servicer, server

@@ -44,7 +44,8 @@ class Revocation:
     source: Source
     event_id: str
     reason: str
-    revoked_by: str
+    revoked_by: str  # the caller, from its credential
+    on_behalf_of: str = ""  # whom the caller says it acts for (a person at the console)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class EntitlementStore:
         self._engine = engine
 
     @_unavailable_when_unreachable
-    async def grant(self, new: Grant) -> tuple[Grant, bool]:
+    async def grant(self, new: Grant, *, on_behalf_of: str = "") -> tuple[Grant, bool]:
         """Record `new` unless its source is known. Returns the grant that stands, and created.
 
         Same source again: the first grant stands. A tombstoned source: `new` is kept, revoked.
@@ -110,6 +111,7 @@ class EntitlementStore:
                 event_id=new.event_id,
                 reason=new.reason,
                 actor=new.granted_by,
+                on_behalf_of=on_behalf_of,
             )
             if created:
                 await _notify(connection, "grant", stored)
@@ -158,6 +160,7 @@ class EntitlementStore:
                         event_id=revocation.event_id,
                         reason=revocation.reason,
                         actor=revocation.revoked_by,
+                        details=_behalf(revocation.on_behalf_of, revocation.revoked_by),
                     )
                 )
                 return RevokeOutcome(None, tombstone=True, changed=True)
@@ -169,6 +172,7 @@ class EntitlementStore:
                 event_id=revocation.event_id,
                 reason=revocation.reason,
                 actor=revocation.revoked_by,
+                on_behalf_of=revocation.on_behalf_of,
             )
             await _notify(connection, "revoke", revoked)
             return RevokeOutcome(revoked, tombstone=False, changed=True)
@@ -236,6 +240,7 @@ async def _write_audit(
     event_id: str,
     reason: str,
     actor: str,
+    on_behalf_of: str = "",
 ) -> None:
     await connection.execute(
         audit.insert().values(
@@ -255,9 +260,17 @@ async def _write_audit(
                 ),
                 "until": None if grant.until is None else grant.until.isoformat(),
                 "lifetime": grant.lifetime,
+                **(_behalf(on_behalf_of, actor) or {}),
             },
         )
     )
+
+
+def _behalf(on_behalf_of: str, actor: str) -> dict[str, str] | None:
+    """The person a caller names, kept beside (never instead of) the caller itself."""
+    if not on_behalf_of or on_behalf_of == actor:
+        return None
+    return {"on_behalf_of": on_behalf_of}
 
 
 async def _notify(connection: AsyncConnection, action: str, grant: Grant) -> None:

@@ -15,6 +15,7 @@ from gateway.stripe_webhook import stripe_webhook
 from gateway.telegram_webhook import telegram_webhook
 from paylayer.grpc_client import open_channel
 from paylayer.settings import Settings
+from paylayer.tls import GrpcTls
 from protos.payments.v1 import payments_pb2_grpc
 
 # Providers never send more; a bigger body is refused before it is read.
@@ -47,7 +48,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def _payments_channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    channel = open_channel(settings.payments_addr, settings.internal_token)
+    channel = open_channel(
+        settings.payments_addr, settings.internal_token, tls=GrpcTls.from_settings(settings)
+    )
     app[PAYMENTS_CHANNEL] = channel
     app[PAYMENTS] = payments_pb2_grpc.PaymentsServiceStub(channel)  # type: ignore[assignment,misc]
     app[PAYMENTS_HEALTH] = health_pb2_grpc.HealthStub(channel)

@@ -88,10 +88,29 @@ def die_with_parent() -> None:
         raise SystemExit("launcher gone before start")
 
 
+def own_token(service: str, env: Mapping[str, str]) -> dict[str, str]:
+    """INTERNAL_TOKEN for one process: its own name's token from CALLER_TOKENS (the last listed,
+    the newest during a rotation), so no process holds another's credential. A process with no
+    caller name of its own (entitlements calls no one) gets none."""
+    if not env.get("CALLER_TOKENS"):
+        return {}  # single-token mode: everyone presents INTERNAL_TOKEN
+    own = [
+        token.strip()
+        for name, _, token in (e.partition(":") for e in env["CALLER_TOKENS"].split(","))
+        if name.strip() == service and token.strip() and not token.strip().startswith("sha256=")
+    ]
+    return {"INTERNAL_TOKEN": own[-1] if own else ""}
+
+
 def start(
     instance: Instance, env: Mapping[str, str], output: IO[bytes] | None = None
 ) -> subprocess.Popen[Any]:
-    child_env = {**env, "LISTEN_ADDR": instance.listen_addr, PARENT_PID_VARIABLE: str(os.getpid())}
+    child_env = {
+        **env,
+        **own_token(instance.service, env),
+        "LISTEN_ADDR": instance.listen_addr,
+        PARENT_PID_VARIABLE: str(os.getpid()),
+    }
     if instance.metrics_addr:
         child_env["METRICS_ADDR"] = instance.metrics_addr
     return subprocess.Popen(

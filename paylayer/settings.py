@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,25 @@ DEFAULT_METRICS_ADDRS = {
 }
 
 
+def caller_token_values(caller_tokens: str) -> list[str]:
+    """The plain tokens of CALLER_TOKENS (digests are not secrets)."""
+    values = []
+    for entry in caller_tokens.split(","):
+        token = entry.partition(":")[2].strip()
+        if token and not token.startswith("sha256="):
+            values.append(token)
+    return values
+
+
+def database_passwords(database_url: str) -> list[str]:
+    """The password in a DATABASE_URL, if any, so that logs can mask it."""
+    try:
+        password = urlsplit(database_url).password
+    except ValueError:
+        return []
+    return [password] if password else []
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
@@ -38,6 +58,12 @@ class Settings:
     telegram_bot_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
     internal_token: str = ""
+    # `name:token` pairs (or `name:sha256=<hex>`): who may call this process's gRPC server.
+    caller_tokens: str = ""
+    # TLS for every internal gRPC hop: file paths; unset means plaintext.
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_ca: str = ""
     payments_addr: str = DEFAULT_ADDRS["payments"]
     entitlements_addr: str = DEFAULT_ADDRS["entitlements"]
     accounts_addr: str = DEFAULT_ADDRS["accounts"]
@@ -62,6 +88,10 @@ class Settings:
             telegram_bot_token=env.get("TELEGRAM_BOT_TOKEN", ""),
             telegram_api_base=env.get("TELEGRAM_API_BASE", cls.telegram_api_base).rstrip("/"),
             internal_token=env.get("INTERNAL_TOKEN", ""),
+            caller_tokens=env.get("CALLER_TOKENS", ""),
+            grpc_tls_cert=env.get("GRPC_TLS_CERT", ""),
+            grpc_tls_key=env.get("GRPC_TLS_KEY", ""),
+            grpc_tls_ca=env.get("GRPC_TLS_CA", ""),
             payments_addr=env.get("PAYMENTS_ADDR", DEFAULT_ADDRS["payments"]),
             entitlements_addr=env.get("ENTITLEMENTS_ADDR", DEFAULT_ADDRS["entitlements"]),
             accounts_addr=env.get("ACCOUNTS_ADDR", DEFAULT_ADDRS["accounts"]),
@@ -92,5 +122,7 @@ class Settings:
             self.telegram_webhook_secret,
             self.telegram_bot_token,
             self.internal_token,
+            *caller_token_values(self.caller_tokens),
+            *database_passwords(self.database_url),
         ]
         return [v for v in values if v]

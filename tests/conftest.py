@@ -19,6 +19,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paylayer.callers import CALLER_NAMES
 from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded, with_database
 from paylayer.migrations import upgrade_all
@@ -32,7 +33,10 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
-INTERNAL_TOKEN = "test-internal-" + secrets.token_hex(8)
+# One token per caller, as `paylayer dev` makes them: each stack process presents its own, so
+# the tests run under the real roles. The tests themselves call as the operator.
+CALLER_TOKENS = {name: f"test-{name}-{secrets.token_hex(8)}" for name in CALLER_NAMES}
+INTERNAL_TOKEN = CALLER_TOKENS["operator"]
 # Every stack's process logs, scanned for secrets when the run ends.
 STACK_LOG_DIRS: list[Path] = []
 KNOWN_SECRETS: list[str] = []
@@ -87,6 +91,7 @@ def make_settings(database_url: str, bot_api: FakeBotApi) -> Settings:
     settings = Settings(
         database_url=database_url,
         internal_token=INTERNAL_TOKEN,
+        caller_tokens=",".join(f"{name}:{token}" for name, token in CALLER_TOKENS.items()),
         stripe_webhook_secrets=("whsec_test_" + secrets.token_hex(16),),
         telegram_webhook_secret="tg-secret-" + secrets.token_hex(8),
         telegram_bot_token=BOT_TOKEN,

@@ -102,6 +102,7 @@ def make_stack(
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "INTERNAL_TOKEN": settings.internal_token,
+        "CALLER_TOKENS": settings.caller_tokens,
         "STRIPE_WEBHOOK_SECRETS": ",".join(settings.stripe_webhook_secrets),
         "TELEGRAM_WEBHOOK_SECRET": settings.telegram_webhook_secret,
         "TELEGRAM_BOT_TOKEN": settings.telegram_bot_token,
