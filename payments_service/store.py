@@ -41,6 +41,7 @@ class Event:
     received_at: datetime
     next_attempt_at: datetime
     processed_at: datetime | None
+    replayed_by: str | None = None
 
 
 def _event(row: Any) -> Event:
@@ -270,7 +271,7 @@ class Store:
         async with self._single.connect() as connection:
             return [_event(row) for row in await connection.execute(query)]
 
-    async def replay(self, provider: str, event_id: str) -> Event | None:
+    async def replay(self, provider: str, event_id: str, replayed_by: str = "") -> Event | None:
         """Put a failed or ignored event back in the queue, due now, with a fresh count."""
         async with self.engine.begin() as connection:
             row = (
@@ -287,6 +288,7 @@ class Store:
                         attempts=0,
                         next_attempt_at=func.now(),
                         processed_at=None,
+                        replayed_by=replayed_by or None,
                     )
                     .returning(*inbox.c)
                 )

@@ -39,6 +39,7 @@ inbox = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True)),
+    Column("replayed_by", Text),  # the caller name of the last replay
     UniqueConstraint("provider", "event_id", name="inbox_provider_event_id_key"),
     CheckConstraint(
         "status IN ('pending', 'processed', 'ignored', 'failed')", name="inbox_status_check"
