@@ -13,7 +13,11 @@ from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 
 def build(settings: Settings) -> GrpcService:
-    engine = create_engine(settings.database_url, application_name="accounts")
+    engine = create_engine(
+        settings.database_url,
+        application_name="accounts",
+        max_connections=settings.database_pool_size,
+    )
     entitlements = open_channel(
         settings.entitlements_addr, settings.internal_token, tls=GrpcTls.from_settings(settings)
     )

@@ -30,7 +30,11 @@ class Parts:
 
 
 def compose(settings: Settings) -> Parts:
-    engine = create_engine(settings.database_url, application_name="entitlements")
+    engine = create_engine(
+        settings.database_url,
+        application_name="entitlements",
+        max_connections=settings.database_pool_size,
+    )
     catalogue = load_catalogue(settings.catalogue_path)
     granting_tiers = {tier: catalogue.granting_tiers(tier) for tier in catalogue.tier_closure}
     store = EntitlementStore(engine)

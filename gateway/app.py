@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
 from gateway.keys import PAYMENTS, PAYMENTS_CHANNEL, PAYMENTS_HEALTH, SETTINGS
@@ -40,12 +39,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "payments unreachable"}, status=503)
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
-
-
 async def _payments_channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     channel = open_channel(
@@ -64,7 +57,6 @@ def init_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_payments_channel)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/api/v1/stripe/webhook", stripe_webhook)
     app.router.add_post("/api/v1/telegram/webhook", telegram_webhook)
     return app

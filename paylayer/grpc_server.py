@@ -329,8 +329,8 @@ def run_main(
     from paylayer.logs import configure_logging
 
     processes.die_with_parent()
-    settings = Settings.from_env()
     try:
+        settings = Settings.from_env()
         settings.require(*required)
         if not settings.caller_tokens and not settings.internal_token:
             raise ConfigError(

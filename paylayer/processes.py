@@ -33,7 +33,7 @@ class Instance:
     name: str  # "payments", then "payments-2", "payments-3" for replicas
     service: str
     listen_addr: str
-    metrics_addr: str | None  # the gateway serves /metrics on its own port
+    metrics_addr: str | None
 
 
 def plan(
@@ -45,7 +45,7 @@ def plan(
             name=service if index == 0 else f"{service}-{index + 1}",
             service=service,
             listen_addr=address(service, index),
-            metrics_addr=metrics(service, index) if service in GRPC_SERVICES else None,
+            metrics_addr=metrics(service, index),
         )
         for service in MODULES
         for index in range(replicas)

@@ -18,8 +18,10 @@ DEFAULT_ADDRS = {
 }
 
 
-# Each gRPC process serves Prometheus metrics on a port of its own (the gateway on /metrics).
+# Each process serves Prometheus metrics on a port of its own, never on a public one: the
+# gateway's webhook port answers 404 to /metrics.
 DEFAULT_METRICS_ADDRS = {
+    "gateway": "127.0.0.1:9050",
     "payments": "127.0.0.1:9051",
     "entitlements": "127.0.0.1:9052",
     "accounts": "127.0.0.1:9053",
@@ -49,6 +51,16 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
 
+def _count(name: str, value: str) -> int:
+    try:
+        count = int(value or "0")
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    if count < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return count
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
@@ -72,6 +84,8 @@ class Settings:
     listen_addr: str = ""
     metrics_addr: str = ""
     log_level: str = "INFO"
+    # The most database connections this process's pool opens; 0: the service's own default.
+    database_pool_size: int = 0
     shutdown_grace_seconds: float = 10.0
 
     @classmethod
@@ -99,6 +113,7 @@ class Settings:
             listen_addr=env.get("LISTEN_ADDR", ""),
             metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            database_pool_size=_count("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "0")),
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
         )
 

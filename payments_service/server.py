@@ -20,7 +20,12 @@ from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
 def build(settings: Settings, *, workers: int = 2) -> GrpcService:
-    engine = create_engine(settings.database_url, application_name="payments", pool_size=20)
+    engine = create_engine(
+        settings.database_url,
+        application_name="payments",
+        pool_size=20,
+        max_connections=settings.database_pool_size,
+    )
     catalogue = load_catalogue(settings.catalogue_path)
     tls = GrpcTls.from_settings(settings)
     accounts = open_channel(settings.accounts_addr, settings.internal_token, tls=tls)
