@@ -130,10 +130,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @contextmanager
 def running_stack(
-    settings: Settings, log_dir: Path, replicas: int = 1, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    log_dir: Path,
+    replicas: int = 1,
+    extra_env: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Stack]:
     """All four services as separate processes on free ports, up and healthy."""
-    running = make_stack(settings, log_dir, replicas, extra_env)
+    running = make_stack(settings, log_dir, replicas, extra_env, service_env)
     STACK_LOG_DIRS.append(log_dir)
     running.start_all()
     try:
