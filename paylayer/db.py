@@ -23,6 +23,8 @@ def create_engine(
         async_url(database_url),
         pool_size=max_connections or pool_size,
         max_overflow=0 if max_connections else pool_size,
+        # Parameters are customers' data: never in an exception's text, so never in a log.
+        hide_parameters=True,
         # No pre-ping: it costs a round trip on every checkout. After a PostgreSQL restart the
         # first call on a dead connection fails and SQLAlchemy then drops the whole pool; the
         # callers (the inbox worker, the providers' own retries) try again.

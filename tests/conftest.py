@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -157,14 +158,33 @@ def secrets_in(text: str, secrets_: list[str]) -> list[str]:
     return [secret for secret in secrets_ if secret and secret in text]
 
 
+# Database details a traceback would carry unless redacted: bound parameters, key values.
+UNREDACTED_DETAILS = re.compile(
+    r"\[parameters: (?!\[redacted\])|Key \((?!\[redacted\])|DETAIL: (?!\[redacted\])"
+    r"|invalid input [^:]*: (?!\[redacted\])"
+)
+
+
+def unredacted_tracebacks(text: str) -> int:
+    """How many logged tracebacks still show a database detail."""
+    return sum(
+        1 for line in text.splitlines() if '"exc_info"' in line and UNREDACTED_DETAILS.search(line)
+    )
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Secrets never reach a log line: scan every process log this run wrote."""
+    """Secrets and customer data never reach a log line: scan every process log this run wrote,
+    tracebacks included."""
     leaks = []
     for log_dir in STACK_LOG_DIRS:
         for path in log_dir.glob("*.log"):
-            found = secrets_in(path.read_text(errors="replace"), KNOWN_SECRETS)
+            text = path.read_text(errors="replace")
+            found = secrets_in(text, KNOWN_SECRETS)
             if found:
                 leaks.append(f"{path}: {len(found)} secret(s)")
+            tracebacks = unredacted_tracebacks(text)
+            if tracebacks:
+                leaks.append(f"{path}: {tracebacks} traceback(s) with database details")
     if leaks:
         print("\nSECRETS FOUND IN LOGS:\n" + "\n".join(leaks))
         session.exitstatus = 1
