@@ -4,8 +4,10 @@ what it refuses with nothing done."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -15,14 +17,25 @@ from google.protobuf.message import Message
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from entitlements_service.server import build as build_entitlements
+from paylayer import processes
+from paylayer.callers import (
+    CALLER_NAMES,
+    CallerTokens,
+    CallerTokensError,
+    token_digest_hex,
+)
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event, telegram_update
+from paylayer.devsecrets import complete_caller_tokens
+from paylayer.settings import ConfigError, Settings
 from payments_service.tables import inbox
 from protos.accounts.v1 import accounts_pb2
-from protos.entitlements.v1 import entitlements_pb2
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from protos.payments.v1 import payments_pb2
 from tests.conftest import CALLER_TOKENS
 from tests.fakes.bot_api import FakeBotApi
+from tests.grpc_helpers import channel_to, serving
 from tests.payments.helpers import eventually, post_telegram, wait_settled
 from tests.stack import Stack
 
@@ -372,3 +385,66 @@ async def test_a_replay_records_who_replayed_it(stack: Stack, engine: AsyncEngin
             )
         )
     assert replayed_by == "operator"
+
+
+# --- tokens: how they are read, generated and handed out ----------------------------------
+
+
+def test_caller_tokens_take_plain_and_sha256_tokens_several_per_name() -> None:
+    callers = CallerTokens.parse(
+        f"bot:old-token, bot:new-token, mt5:{token_digest_hex('bridge-token')}"
+    )
+    assert callers.caller_of("Bearer old-token") == "bot"
+    assert callers.caller_of("Bearer new-token") == "bot"  # rotation: both valid at once
+    assert callers.caller_of("Bearer bridge-token") == "mt5"  # the server holds no secret
+    assert callers.caller_of("Bearer sha256=" + "0" * 64) is None
+    assert callers.caller_of("bridge-token") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("robot:abc", "unknown caller 'robot'"),
+        ("bot", "not name:token"),
+        ("bot:sha256=abc", "64 hex digits"),
+        ("bot:same,mt5:same", "one token to two callers"),
+    ],
+)
+def test_a_malformed_caller_tokens_is_refused_with_a_clear_reason(
+    value: str, complaint: str
+) -> None:
+    with pytest.raises(CallerTokensError, match=complaint):
+        CallerTokens.parse(value)
+
+
+def test_dev_gives_every_caller_a_token_and_the_cli_the_operators() -> None:
+    completed, cli = complete_caller_tokens("bot:my-bot-token", "")
+    callers = CallerTokens.parse(completed)
+    assert set(callers.by_digest.values()) == set(CALLER_NAMES)
+    assert callers.belongs_to("my-bot-token", "bot")
+    assert callers.belongs_to(cli, "operator")
+    # Each process presents its own name's token; entitlements calls no one and gets none.
+    env = {"CALLER_TOKENS": completed, "INTERNAL_TOKEN": cli}
+    assert callers.belongs_to(processes.own_token("gateway", env)["INTERNAL_TOKEN"], "gateway")
+    assert processes.own_token("entitlements", env) == {"INTERNAL_TOKEN": ""}
+
+
+def test_a_cli_token_set_by_the_user_must_be_the_operators() -> None:
+    completed, cli = complete_caller_tokens("", "my-own-token")
+    assert cli == "my-own-token"
+    assert CallerTokens.parse(completed).belongs_to("my-own-token", "operator")
+    with pytest.raises(ConfigError, match="operator"):
+        complete_caller_tokens("operator:theirs", "mine")
+
+
+async def test_single_token_mode_takes_the_internal_token_as_the_operators_and_warns(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    single = replace(settings, caller_tokens="", internal_token="only-" + secrets.token_hex(8))
+    with caplog.at_level(logging.WARNING):
+        service = build_entitlements(single)
+    assert any("single-token mode" in r.getMessage() for r in caplog.records)
+    async with serving(service) as addr, channel_to(addr, single.internal_token) as channel:
+        stub = entitlements_pb2_grpc.EntitlementsServiceStub(channel)
+        granted = await stub.GrantEntitlement(_manual_grant(str(uuid.uuid4())))
+    assert granted.grant.granted_by == "operator"
