@@ -18,5 +18,8 @@ RUN pip install --no-cache-dir -e . grpcio-tools==1.85.1 \
     && python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. protos/*/v1/*.proto \
     && pip uninstall -y grpcio-tools
 
+# The production image signs no fake webhooks: `paylayer trigger` refuses to run here.
+ENV PAYLAYER_TRIGGER_DISABLED=1
+
 USER nobody
 CMD ["paylayer", "health"]

@@ -62,6 +62,11 @@ def snapshot_problem(snapshot: Snapshot, now: datetime) -> str | None:
     return None
 
 
+def server_key(server: str) -> str:
+    """A server name as MT5 compares it: `Audit-Live` and ` audit-live ` are one server."""
+    return server.strip().lower()
+
+
 def drawdown_from_peak(peak_equity: float, equity: float) -> float:
     """(peak - equity) / peak; an account that never held equity has nothing to draw down."""
     if peak_equity <= 0:

@@ -8,19 +8,26 @@ from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
+from paylayer.tls import GrpcTls
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 
 def build(settings: Settings) -> GrpcService:
-    engine = create_engine(settings.database_url, application_name="accounts")
-    entitlements = open_channel(settings.entitlements_addr, settings.internal_token)
+    engine = create_engine(
+        settings.database_url,
+        application_name="accounts",
+        max_connections=settings.database_pool_size,
+    )
+    entitlements = open_channel(
+        settings.entitlements_addr, settings.internal_token, tls=GrpcTls.from_settings(settings)
+    )
     servicer = AccountsServicer(
         AccountsStore(engine), TierCaps(entitlements, load_catalogue(settings.catalogue_path))
     )
     return GrpcService(
         name="accounts",
         full_service_name=accounts_pb2.DESCRIPTOR.services_by_name["AccountsService"].full_name,
-        internal_token=settings.internal_token,
+        settings=settings,
         engine=engine,
         add_servicer=lambda server: accounts_pb2_grpc.add_AccountsServiceServicer_to_server(
             servicer, server

@@ -13,7 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from accounts_service import rules
 from accounts_service.store import IDENTITY_LABELS, AccountsStore, IdentityKind
 from accounts_service.tiers import TierCaps
-from paylayer.errors import InvalidArgument, NotFound
+from paylayer.callers import MAY_CREATE_USERS, caller_var
+from paylayer.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 MAX_TEXT_LENGTH = 255
@@ -162,6 +163,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
     async def ResolveUser(
         self, request: accounts_pb2.ResolveUserRequest, context: grpc.aio.ServicerContext
     ) -> accounts_pb2.ResolveUserResponse:
+        if request.create and caller_var.get() not in MAY_CREATE_USERS:
+            raise PermissionDenied("this caller may resolve users but not create them")
         kind, value = _which_identity(request)
         user = await self._store.find_user(kind, value)
         if user is not None:
@@ -184,7 +187,9 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
         for index, item in enumerate(request.requests):
             try:
                 kind, value = _which_identity(item)
-            except InvalidArgument as error:
+                if item.create and caller_var.get() not in MAY_CREATE_USERS:
+                    raise PermissionDenied("this caller may resolve users but not create them")
+            except DomainError as error:
                 results[index].code, results[index].message = error.code.value[0], error.message
                 continue
             # Internal ids are minted here only, so an unknown one is never created on request.

@@ -211,6 +211,7 @@ class AccountsStore:
                         .values(
                             login=login,
                             server=server,
+                            server_key=rules.server_key(server),
                             user_id=user_id,
                             account_type=account_type,
                             broker=broker,
@@ -231,7 +232,9 @@ class AccountsStore:
             row = (
                 await connection.execute(
                     update(accounts)
-                    .where(accounts.c.login == login, accounts.c.server == server)
+                    .where(
+                        accounts.c.login == login, accounts.c.server_key == rules.server_key(server)
+                    )
                     .values(account_type=account_type, broker=broker, label=label)
                     .returning(*accounts.c)
                 )
@@ -245,7 +248,7 @@ class AccountsStore:
                 accounts.delete()
                 .where(
                     accounts.c.login == login,
-                    accounts.c.server == server,
+                    accounts.c.server_key == rules.server_key(server),
                     accounts.c.user_id == user_id,
                 )
                 .returning(accounts.c.login)
@@ -289,7 +292,9 @@ class AccountsStore:
             updated = (
                 await connection.execute(
                     update(accounts)
-                    .where(accounts.c.login == login, accounts.c.server == server)
+                    .where(
+                        accounts.c.login == login, accounts.c.server_key == rules.server_key(server)
+                    )
                     .values(
                         snapshot_time=snapshot.time,
                         balance=snapshot.balance,
@@ -311,7 +316,9 @@ class AccountsStore:
     async def _account_row(
         self, connection: AsyncConnection, login: int, server: str, *, for_update: bool = False
     ) -> Row[Any] | None:
-        query = select(accounts).where(accounts.c.login == login, accounts.c.server == server)
+        query = select(accounts).where(
+            accounts.c.login == login, accounts.c.server_key == rules.server_key(server)
+        )
         if for_update:
             query = query.with_for_update()
         return (await connection.execute(query)).first()

@@ -45,7 +45,9 @@ accounts = Table(
     "accounts",
     metadata,
     Column("login", BigInteger, nullable=False),
-    Column("server", Text, nullable=False),
+    Column("server", Text, nullable=False),  # as the user spelled it, for display
+    # What MT5 compares: case and surrounding spaces ignored (rules.server_key).
+    Column("server_key", Text, nullable=False),
     Column("user_id", Text, nullable=False),
     Column("account_type", Text, nullable=False),
     Column("broker", Text, nullable=False, server_default=text("''")),
@@ -64,6 +66,7 @@ accounts = Table(
     Column("drawdown", Double, nullable=False, server_default=text("0")),
     Column("max_drawdown", Double, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("login", "server", name="pk_accounts"),
+    UniqueConstraint("login", "server_key", name="uq_accounts_login_server_key"),
     ForeignKeyConstraint(["user_id"], ["accounts.users.user_id"], name="fk_accounts_user_id_users"),
     CheckConstraint("account_type IN ('demo', 'real', 'contest')", name="ck_accounts_account_type"),
     Index("ix_accounts_user_id_linked_at", "user_id", "linked_at"),

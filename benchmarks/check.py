@@ -1,4 +1,4 @@
-"""CheckEntitlement against a bare grpc.aio health check, side by side, as the README's bar says.
+"""CheckEntitlement against a bare grpc.aio health check, side by side: the bar it must clear.
 
     .venv/bin/python benchmarks/check.py [--seconds 8] [--users 10000] [--concurrency 32]
 

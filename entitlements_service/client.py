@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import grpc
 
 from paylayer.grpc_client import open_channel
+from paylayer.tls import GrpcTls
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ class EntitlementsClient:
         deadline: float = DEFAULT_DEADLINE_SECONDS,
         attempts: int = DEFAULT_ATTEMPTS,
         local_cache: bool = False,
+        tls: GrpcTls | None = None,
     ) -> None:
-        self._channel = open_channel(addr, internal_token, default_deadline=deadline)
+        self._channel = open_channel(addr, internal_token, tls=tls, default_deadline=deadline)
         # The kit's channel interceptor reaches unary calls only (grpc.aio files an interceptor
         # under its first kind): the stream carries its token itself.
         self._stream_metadata = (("authorization", f"Bearer {internal_token}"),)

@@ -30,7 +30,11 @@ class Parts:
 
 
 def compose(settings: Settings) -> Parts:
-    engine = create_engine(settings.database_url, application_name="entitlements")
+    engine = create_engine(
+        settings.database_url,
+        application_name="entitlements",
+        max_connections=settings.database_pool_size,
+    )
     catalogue = load_catalogue(settings.catalogue_path)
     granting_tiers = {tier: catalogue.granting_tiers(tier) for tier in catalogue.tier_closure}
     store = EntitlementStore(engine)
@@ -56,7 +60,7 @@ def build(settings: Settings) -> GrpcService:
         full_service_name=entitlements_pb2.DESCRIPTOR.services_by_name[
             "EntitlementsService"
         ].full_name,
-        internal_token=settings.internal_token,
+        settings=settings,
         engine=parts.engine,
         add_servicer=lambda server: entitlements_pb2_grpc.add_EntitlementsServiceServicer_to_server(
             parts.servicer, server

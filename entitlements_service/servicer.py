@@ -16,7 +16,8 @@ from entitlements_service.feed import ChangeFeed
 from entitlements_service.metrics import CHECK_CACHE_HITS, CHECK_CACHE_MISSES, GRANTS, REVOKES
 from entitlements_service.rules import Grant, Source
 from entitlements_service.store import EntitlementStore, Revocation
-from paylayer.errors import InvalidArgument
+from paylayer.callers import GRANTS_LIMITED_TO, caller_var
+from paylayer.errors import DomainError, InvalidArgument, PermissionDenied
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         request: entitlements_pb2.GrantEntitlementRequest,
         context: grpc.aio.ServicerContext,
     ) -> entitlements_pb2.GrantEntitlementResponse:
-        new = self._grant_of(request)
-        standing, created = await self._store.grant(new)
+        caller = caller_var.get()
+        _check_source_allowed(caller, request.source.provider)
+        new = self._grant_of(request, caller)
+        standing, created = await self._store.grant(new, on_behalf_of=request.granted_by)
         GRANTS.labels(new.source.provider, "created" if created else "duplicate").inc()
         log.info(
             "grant %s %s/%s to %s (%s)",
@@ -127,12 +130,14 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
     ) -> entitlements_pb2.GrantEntitlementsResponse:
         if len(request.grants) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} grants in one call")
+        caller = caller_var.get()
         results = [entitlements_pb2.GrantEntitlementResult() for _ in request.grants]
         valid: list[tuple[int, Grant]] = []
         for index, item in enumerate(request.grants):
             try:
-                valid.append((index, self._grant_of(item)))
-            except InvalidArgument as error:
+                _check_source_allowed(caller, item.source.provider)
+                valid.append((index, self._grant_of(item, caller)))
+            except DomainError as error:
                 results[index].code, results[index].message = error.code.value[0], error.message
         outcomes = await self._store.grant_many([new for _, new in valid])
         for (index, new), (standing, created) in zip(valid, outcomes, strict=True):
@@ -148,6 +153,8 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         request: entitlements_pb2.RevokeEntitlementRequest,
         context: grpc.aio.ServicerContext,
     ) -> entitlements_pb2.RevokeEntitlementResponse:
+        caller = caller_var.get()
+        _check_source_allowed(caller, request.source.provider)
         source = _source_of(request.source)
         _limit("event_id", request.event_id, MAX_ID_LENGTH)
         _limit("reason", request.reason, MAX_REASON_LENGTH)
@@ -157,7 +164,8 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
                 source=source,
                 event_id=request.event_id,
                 reason=request.reason,
-                revoked_by=request.revoked_by,
+                revoked_by=caller,
+                on_behalf_of=request.revoked_by,
             )
         )
         REVOKES.labels(source.provider, "tombstone" if outcome.tombstone else "revoked").inc()
@@ -186,7 +194,7 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         finally:
             self._feed.unsubscribe(subscription)
 
-    def _grant_of(self, request: entitlements_pb2.GrantEntitlementRequest) -> Grant:
+    def _grant_of(self, request: entitlements_pb2.GrantEntitlementRequest, caller: str) -> Grant:
         _require_id("user_id", request.user_id)
         if request.entitlement not in self._granting_tiers:
             raise InvalidArgument(self._unknown_entitlement(request.entitlement))
@@ -197,8 +205,8 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         if source.provider in PAYMENT_PROVIDERS:
             if not request.event_id:
                 raise InvalidArgument("event_id is required for a grant paid through a provider")
-        elif not request.reason or not request.granted_by:
-            raise InvalidArgument("a manual grant needs a reason and granted_by")
+        elif not request.reason:
+            raise InvalidArgument("a manual grant needs a reason")
         purchased_at = (
             _moment("purchased_at", request.purchased_at)
             if request.HasField("purchased_at")
@@ -231,7 +239,8 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             until=until,
             lifetime=term == "lifetime",
             reason=request.reason,
-            granted_by=request.granted_by,
+            # Who it was is taken from the credential, never from the request.
+            granted_by=caller,
         )
 
     async def _window_of(self, grant: Grant) -> rules.Window | None:
@@ -246,6 +255,14 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
     def _unknown_entitlement(self, entitlement: str) -> str:
         known = ", ".join(sorted(self._granting_tiers))
         return f"unknown entitlement {entitlement[:MAX_ID_LENGTH]!r} (known: {known})"
+
+
+def _check_source_allowed(caller: str, provider: str) -> None:
+    allowed = GRANTS_LIMITED_TO.get(caller)
+    if allowed is not None and provider not in allowed:
+        raise PermissionDenied(
+            f"{caller} may grant and revoke only {', '.join(sorted(allowed))} sources"
+        )
 
 
 def _source_of(source: entitlements_pb2.Source) -> Source:

@@ -44,7 +44,8 @@ class Revocation:
     source: Source
     event_id: str
     reason: str
-    revoked_by: str
+    revoked_by: str  # the caller, from its credential
+    on_behalf_of: str = ""  # whom the caller says it acts for (a person at the console)
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,13 @@ class EntitlementStore:
         self._engine = engine
 
     @_unavailable_when_unreachable
-    async def grant(self, new: Grant) -> tuple[Grant, bool]:
+    async def grant(self, new: Grant, *, on_behalf_of: str = "") -> tuple[Grant, bool]:
         """Record `new` unless its source is known. Returns the grant that stands, and created.
 
         Same source again: the first grant stands. A tombstoned source: `new` is kept, revoked.
         """
         async with self._engine.begin() as connection:
-            return await self._grant(connection, new)
+            return await self._grant(connection, new, on_behalf_of)
 
     @_unavailable_when_unreachable
     async def grant_many(self, many: Sequence[Grant]) -> list[tuple[Grant, bool]]:
@@ -93,7 +94,9 @@ class EntitlementStore:
         async with self._engine.begin() as connection:
             return [await self._grant(connection, new) for new in many]
 
-    async def _grant(self, connection: AsyncConnection, new: Grant) -> tuple[Grant, bool]:
+    async def _grant(
+        self, connection: AsyncConnection, new: Grant, on_behalf_of: str = ""
+    ) -> tuple[Grant, bool]:
         values = _grant_values(new)
         statement = (
             insert(grants)
@@ -119,6 +122,7 @@ class EntitlementStore:
             event_id=new.event_id,
             reason=new.reason,
             actor=new.granted_by,
+            on_behalf_of=on_behalf_of,
         )
         if created:
             await _notify(connection, "grant", stored)
@@ -167,6 +171,7 @@ class EntitlementStore:
                         event_id=revocation.event_id,
                         reason=revocation.reason,
                         actor=revocation.revoked_by,
+                        details=_behalf(revocation.on_behalf_of, revocation.revoked_by),
                     )
                 )
                 return RevokeOutcome(None, tombstone=True, changed=True)
@@ -178,6 +183,7 @@ class EntitlementStore:
                 event_id=revocation.event_id,
                 reason=revocation.reason,
                 actor=revocation.revoked_by,
+                on_behalf_of=revocation.on_behalf_of,
             )
             await _notify(connection, "revoke", revoked)
             return RevokeOutcome(revoked, tombstone=False, changed=True)
@@ -245,6 +251,7 @@ async def _write_audit(
     event_id: str,
     reason: str,
     actor: str,
+    on_behalf_of: str = "",
 ) -> None:
     await connection.execute(
         audit.insert().values(
@@ -264,9 +271,17 @@ async def _write_audit(
                 ),
                 "until": None if grant.until is None else grant.until.isoformat(),
                 "lifetime": grant.lifetime,
+                **(_behalf(on_behalf_of, actor) or {}),
             },
         )
     )
+
+
+def _behalf(on_behalf_of: str, actor: str) -> dict[str, str] | None:
+    """The person a caller names, kept beside (never instead of) the caller itself."""
+    if not on_behalf_of or on_behalf_of == actor:
+        return None
+    return {"on_behalf_of": on_behalf_of}
 
 
 async def _notify(connection: AsyncConnection, action: str, grant: Grant) -> None:

@@ -9,7 +9,6 @@ import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
 from gateway.keys import PAYMENTS, PAYMENTS_CHANNEL, PAYMENTS_HEALTH, SETTINGS
@@ -17,6 +16,7 @@ from gateway.stripe_webhook import stripe_webhook
 from gateway.telegram_webhook import telegram_webhook
 from paylayer.grpc_client import open_channel
 from paylayer.settings import Settings
+from paylayer.tls import GrpcTls
 from protos.payments.v1 import payments_pb2_grpc
 
 # Providers never send more; a bigger body is refused before it is read.
@@ -54,15 +54,11 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "payments unreachable"}, status=503)
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
-
-
 async def _payments_channel(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    channel = open_channel(settings.payments_addr, settings.internal_token)
+    channel = open_channel(
+        settings.payments_addr, settings.internal_token, tls=GrpcTls.from_settings(settings)
+    )
     app[PAYMENTS_CHANNEL] = channel
     app[PAYMENTS] = payments_pb2_grpc.PaymentsServiceStub(channel)  # type: ignore[assignment,misc]
     app[PAYMENTS_HEALTH] = health_pb2_grpc.HealthStub(channel)
@@ -77,7 +73,6 @@ def init_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_payments_channel)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/api/v1/stripe/webhook", stripe_webhook)
     app.router.add_post("/api/v1/telegram/webhook", telegram_webhook)
     return app

@@ -14,11 +14,17 @@ def async_url(database_url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
-def create_engine(database_url: str, *, application_name: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, application_name: str, pool_size: int = 10, max_connections: int = 0
+) -> AsyncEngine:
+    """`max_connections` (DATABASE_POOL_SIZE) bounds the pool exactly, so that replicas times
+    pools stay under PostgreSQL's max_connections; unset, the pool may double under bursts."""
     return create_async_engine(
         async_url(database_url),
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        pool_size=max_connections or pool_size,
+        max_overflow=0 if max_connections else pool_size,
+        # Parameters are customers' data: never in an exception's text, so never in a log.
+        hide_parameters=True,
         # No pre-ping: it costs a round trip on every checkout. After a PostgreSQL restart the
         # first call on a dead connection fails and SQLAlchemy then drops the whole pool; the
         # callers (the inbox worker, the providers' own retries) try again.

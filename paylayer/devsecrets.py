@@ -6,13 +6,13 @@ import os
 import secrets
 from pathlib import Path
 
-from paylayer.settings import REPO_ROOT
+from paylayer.callers import CALLER_NAMES, OPERATOR, CallerTokens
+from paylayer.settings import REPO_ROOT, ConfigError
 
 DEV_DIR = REPO_ROOT / ".paylayer"
 DEV_ENV_FILE = DEV_DIR / "dev.env"
 
 GENERATED = {
-    "INTERNAL_TOKEN": lambda: "dev-" + secrets.token_urlsafe(24),
     "STRIPE_WEBHOOK_SECRETS": lambda: "whsec_" + secrets.token_hex(24),
     "TELEGRAM_WEBHOOK_SECRET": lambda: secrets.token_urlsafe(24),
     "TELEGRAM_BOT_TOKEN": lambda: f"{secrets.randbelow(10**9)}:DEV{secrets.token_urlsafe(24)}",
@@ -46,11 +46,52 @@ def ensure_dev_secrets(env: dict[str, str]) -> dict[str, str]:
         if env.get(name):
             continue
         generated[name] = stored.get(name) or make()
+    caller_tokens, cli_token = complete_caller_tokens(
+        env.get("CALLER_TOKENS") or stored.get("CALLER_TOKENS", ""), env.get("INTERNAL_TOKEN", "")
+    )
+    if caller_tokens != env.get("CALLER_TOKENS"):
+        generated["CALLER_TOKENS"] = caller_tokens
+    if cli_token != env.get("INTERNAL_TOKEN"):
+        generated["INTERNAL_TOKEN"] = cli_token
     DEV_DIR.mkdir(exist_ok=True)
     keep = {**stored, **generated}
     DEV_ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in sorted(keep.items())))
     DEV_ENV_FILE.chmod(0o600)
     return generated
+
+
+def complete_caller_tokens(caller_tokens: str, cli_token: str) -> tuple[str, str]:
+    """Every caller name with a plain token of its own, and the CLI's token (the operator's).
+
+    Names without one get a generated token; a CLI token given by the user must be one of the
+    operator's, or becomes the operator's when CALLER_TOKENS names no operator.
+    """
+    entries = [e.strip() for e in caller_tokens.split(",") if e.strip()]
+    try:
+        known = CallerTokens.parse(",".join(entries))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if cli_token:
+        if OPERATOR not in known.by_digest.values():
+            entries.append(f"{OPERATOR}:{cli_token}")
+        elif not known.belongs_to(cli_token, OPERATOR):
+            raise ConfigError("INTERNAL_TOKEN (the CLI's) must be one of the operator's tokens")
+    with_plain_token = {
+        name.strip()
+        for name, _, token in (e.partition(":") for e in entries)
+        if not token.strip().startswith("sha256=")
+    }
+    for name in CALLER_NAMES:
+        if name not in with_plain_token:
+            entries.append(f"{name}:dev-{name}-{secrets.token_urlsafe(18)}")
+    if not cli_token:
+        operator_tokens = [
+            token.strip()
+            for name, _, token in (e.partition(":") for e in entries)
+            if name.strip() == OPERATOR and not token.strip().startswith("sha256=")
+        ]
+        cli_token = operator_tokens[-1]
+    return ",".join(entries), cli_token
 
 
 def remember(name: str, value: str) -> None:

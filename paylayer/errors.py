@@ -25,6 +25,12 @@ class AlreadyExists(DomainError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(DomainError):
+    """The caller is known, but its role does not cover this (e.g. payments granting manually)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

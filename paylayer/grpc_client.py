@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from paylayer.logs import REQUEST_ID_HEADER, request_id_var
+from paylayer.tls import GrpcTls
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 
@@ -75,19 +76,25 @@ def _target(addr: str) -> str:
 
 
 def open_channel(
-    addr: str, internal_token: str, *, default_deadline: float = DEFAULT_DEADLINE_SECONDS
+    addr: str,
+    internal_token: str,
+    *,
+    tls: GrpcTls | None = None,
+    default_deadline: float = DEFAULT_DEADLINE_SECONDS,
 ) -> grpc.aio.Channel:
-    """An insecure channel (traffic stays inside the deployment) that authenticates every call."""
+    """A channel that authenticates every call: TLS when configured, else plaintext."""
     target = _target(addr)
-    return grpc.aio.insecure_channel(
-        target,
-        interceptors=[
-            _OutgoingUnary(internal_token, default_deadline),
-            _OutgoingStream(internal_token, default_deadline),
-        ],
-        options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-        ],
+    interceptors = [
+        _OutgoingUnary(internal_token, default_deadline),
+        _OutgoingStream(internal_token, default_deadline),
+    ]
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, interceptors=interceptors, options=options)
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), interceptors=interceptors, options=options
     )

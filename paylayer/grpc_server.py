@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
 import os
@@ -22,10 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer import processes
+from paylayer.callers import CallerTokens, CallerTokensError, caller_var, may_call
 from paylayer.db import database_answers
 from paylayer.errors import DomainError, InvalidArgument
 from paylayer.logs import REQUEST_ID_HEADER, request_id_var
 from paylayer.metrics import RPC_DURATION, RPCS_HANDLED, serve_metrics
+from paylayer.settings import ConfigError, Settings
+from paylayer.tls import GrpcTls
 from paylayer.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,13 @@ async def _refuse_unauthenticated(request: Any, context: grpc.aio.ServicerContex
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
 
-_REFUSE_UNARY = grpc.unary_unary_rpc_method_handler(_refuse_unauthenticated)
-_REFUSE_STREAM = grpc.unary_stream_rpc_method_handler(_refuse_unauthenticated)
+async def _refuse_outside_role(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this caller may not call this method")
+
+
+# Built once: a refused call allocates nothing of its own that outlives it.
+_REFUSE_UNAUTHENTICATED = grpc.unary_unary_rpc_method_handler(_refuse_unauthenticated)
+_REFUSE_OUTSIDE_ROLE = grpc.unary_unary_rpc_method_handler(_refuse_outside_role)
 
 
 # A request id for calls that bring none: unique enough, and ~20x cheaper than a uuid4.
@@ -54,8 +61,11 @@ _call_numbers = itertools.count(1)
 class _Call:
     """What every RPC shares once authenticated: its request id, its metrics, its errors."""
 
-    def __init__(self, service: str, method: str, deserialize: Callable[[bytes], Any]) -> None:
+    def __init__(
+        self, service: str, method: str, caller: str, deserialize: Callable[[bytes], Any]
+    ) -> None:
         self.method = method
+        self._caller = caller
         self._service = service
         self._deserialize = deserialize
         self._duration = RPC_DURATION.labels(service, method)
@@ -67,6 +77,7 @@ class _Call:
             if key == REQUEST_ID_HEADER and isinstance(value, str):
                 request_id = value
         request_id_var.set(request_id or f"{_PROCESS_TAG}-{next(_call_numbers)}")
+        caller_var.set(self._caller)
         # Deserialized here, not by grpc, so that a malformed request is INVALID_ARGUMENT.
         try:
             return self._deserialize(raw)
@@ -147,16 +158,18 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Token check, request id, metrics and domain-error mapping, in one layer (cheaper).
+    """Caller check, role check, request id, metrics and domain-error mapping, in one layer.
 
-    The wrapped handler of each method is built once and reused: the hot path is a token
-    comparison and a dictionary lookup.
+    The token is checked first and the role second, before anything is looked up or built: a
+    stranger's call (made-up method names included) leaves nothing behind. The wrapped handler
+    of each (caller, method) pair is built once, on its first allowed call, and reused; its
+    number is bounded by the callers times the methods this server serves.
     """
 
-    def __init__(self, internal_token: str, service: str) -> None:
-        self._expected = f"Bearer {internal_token}".encode()
+    def __init__(self, callers: CallerTokens, service: str) -> None:
+        self._callers = callers
         self._service = service
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -166,27 +179,27 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if method.startswith(_OPEN_METHOD_PREFIXES):
             return await continuation(handler_call_details)
-        if method in self._wrapped:
-            wrapped = self._wrapped[method]
-        else:
-            handler = await continuation(handler_call_details)
-            wrapped = None
-            if handler is not None:
-                name = method.rsplit("/", 1)[-1]
-                wrapped = _wrap(handler, _Call(self._service, name, handler.request_deserializer))
-            self._wrapped[method] = wrapped
         authorization = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization" and isinstance(value, str):
                 authorization = value
                 break
-        if not hmac.compare_digest(authorization.encode(), self._expected):
-            return (
-                _REFUSE_STREAM
-                if wrapped is not None and wrapped.response_streaming
-                else _REFUSE_UNARY
+        caller = self._callers.caller_of(authorization)
+        if caller is None:
+            return _REFUSE_UNAUTHENTICATED
+        if not may_call(caller, method):
+            return _REFUSE_OUTSIDE_ROLE
+        wrapped = self._wrapped.get((caller, method))
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None  # type: ignore[return-value]  # UNIMPLEMENTED; nothing kept
+            name = method.rsplit("/", 1)[-1]
+            wrapped = _wrap(
+                handler, _Call(self._service, name, caller, handler.request_deserializer)
             )
-        return wrapped  # type: ignore[return-value]
+            self._wrapped[(caller, method)] = wrapped
+        return wrapped
 
 
 class GrpcService:
@@ -201,7 +214,7 @@ class GrpcService:
         *,
         name: str,
         full_service_name: str,
-        internal_token: str,
+        settings: Settings,
         engine: AsyncEngine,
         add_servicer: Callable[[grpc.aio.Server], None],
         background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
@@ -220,8 +233,13 @@ class GrpcService:
         self._grace = shutdown_grace_seconds
         self._health_interval = health_interval_seconds
         self._tasks: list[asyncio.Task[None]] = []
+        try:
+            callers = CallerTokens.from_settings(settings.caller_tokens, settings.internal_token)
+        except CallerTokensError as error:
+            raise ConfigError(str(error)) from None
+        self._tls = GrpcTls.from_settings(settings)
         self.server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(internal_token, name)],
+            interceptors=[ServiceInterceptor(callers, name)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -236,7 +254,10 @@ class GrpcService:
         )
 
     async def start(self, listen_addr: str) -> int:
-        port = self.server.add_insecure_port(listen_addr)
+        if self._tls is None:
+            port = self.server.add_insecure_port(listen_addr)
+        else:
+            port = self.server.add_secure_port(listen_addr, self._tls.server_credentials())
         if port == 0:
             raise RuntimeError(f"cannot listen on {listen_addr}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -306,12 +327,15 @@ def run_main(
     import sys
 
     from paylayer.logs import configure_logging
-    from paylayer.settings import ConfigError, Settings
 
     processes.die_with_parent()
-    settings = Settings.from_env()
     try:
+        settings = Settings.from_env()
         settings.require(*required)
+        if not settings.caller_tokens and not settings.internal_token:
+            raise ConfigError(
+                "missing required settings: CALLER_TOKENS (or INTERNAL_TOKEN, single-token mode)"
+            )
     except ConfigError as error:
         print(f"{service}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -322,5 +346,9 @@ def run_main(
     async def serve() -> None:
         await build(settings).run_until_signalled(settings.listen_address(service))
 
-    # uvloop: the same asyncio, a faster loop (socket writes dominate our profiles).
-    uvloop.run(serve())
+    try:
+        # uvloop: the same asyncio, a faster loop (socket writes dominate our profiles).
+        uvloop.run(serve())
+    except ConfigError as error:
+        print(f"{service}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
 RPCS_HANDLED = Counter(
     "paylayer_grpc_server_handled_total",
@@ -17,8 +17,8 @@ RPC_DURATION = Histogram(
 )
 
 
-def serve_metrics(addr: str) -> int:
+def serve_metrics(addr: str, registry: CollectorRegistry = REGISTRY) -> int:
     """Serve /metrics on `addr` (host:port) from a thread; returns the port."""
     host, port = addr.rsplit(":", 1)
-    server, _thread = start_http_server(int(port), addr=host)
+    server, _thread = start_http_server(int(port), addr=host, registry=registry)
     return int(server.server_port)

@@ -33,7 +33,7 @@ class Instance:
     name: str  # "payments", then "payments-2", "payments-3" for replicas
     service: str
     listen_addr: str
-    metrics_addr: str | None  # the gateway serves /metrics on its own port
+    metrics_addr: str | None
 
 
 def plan(
@@ -45,7 +45,7 @@ def plan(
             name=service if index == 0 else f"{service}-{index + 1}",
             service=service,
             listen_addr=address(service, index),
-            metrics_addr=metrics(service, index) if service in GRPC_SERVICES else None,
+            metrics_addr=metrics(service, index),
         )
         for service in MODULES
         for index in range(replicas)
@@ -88,10 +88,29 @@ def die_with_parent() -> None:
         raise SystemExit("launcher gone before start")
 
 
+def own_token(service: str, env: Mapping[str, str]) -> dict[str, str]:
+    """INTERNAL_TOKEN for one process: its own name's token from CALLER_TOKENS (the last listed,
+    the newest during a rotation), so no process holds another's credential. A process with no
+    caller name of its own (entitlements calls no one) gets none."""
+    if not env.get("CALLER_TOKENS"):
+        return {}  # single-token mode: everyone presents INTERNAL_TOKEN
+    own = [
+        token.strip()
+        for name, _, token in (e.partition(":") for e in env["CALLER_TOKENS"].split(","))
+        if name.strip() == service and token.strip() and not token.strip().startswith("sha256=")
+    ]
+    return {"INTERNAL_TOKEN": own[-1] if own else ""}
+
+
 def start(
     instance: Instance, env: Mapping[str, str], output: IO[bytes] | None = None
 ) -> subprocess.Popen[Any]:
-    child_env = {**env, "LISTEN_ADDR": instance.listen_addr, PARENT_PID_VARIABLE: str(os.getpid())}
+    child_env = {
+        **env,
+        **own_token(instance.service, env),
+        "LISTEN_ADDR": instance.listen_addr,
+        PARENT_PID_VARIABLE: str(os.getpid()),
+    }
     if instance.metrics_addr:
         child_env["METRICS_ADDR"] = instance.metrics_addr
     return subprocess.Popen(

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,16 +18,47 @@ DEFAULT_ADDRS = {
 }
 
 
-# Each gRPC process serves Prometheus metrics on a port of its own (the gateway on /metrics).
+# Each process serves Prometheus metrics on a port of its own, never on a public one: the
+# gateway's webhook port answers 404 to /metrics.
 DEFAULT_METRICS_ADDRS = {
+    "gateway": "127.0.0.1:9050",
     "payments": "127.0.0.1:9051",
     "entitlements": "127.0.0.1:9052",
     "accounts": "127.0.0.1:9053",
 }
 
 
+def caller_token_values(caller_tokens: str) -> list[str]:
+    """The plain tokens of CALLER_TOKENS (digests are not secrets)."""
+    values = []
+    for entry in caller_tokens.split(","):
+        token = entry.partition(":")[2].strip()
+        if token and not token.startswith("sha256="):
+            values.append(token)
+    return values
+
+
+def database_passwords(database_url: str) -> list[str]:
+    """The password in a DATABASE_URL, if any, so that logs can mask it."""
+    try:
+        password = urlsplit(database_url).password
+    except ValueError:
+        return []
+    return [password] if password else []
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
+
+
+def _count(name: str, value: str) -> int:
+    try:
+        count = int(value or "0")
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    if count < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return count
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
@@ -61,6 +93,12 @@ class Settings:
     telegram_bot_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
     internal_token: str = ""
+    # `name:token` pairs (or `name:sha256=<hex>`): who may call this process's gRPC server.
+    caller_tokens: str = ""
+    # TLS for every internal gRPC hop: file paths; unset means plaintext.
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_ca: str = ""
     payments_addr: str = DEFAULT_ADDRS["payments"]
     entitlements_addr: str = DEFAULT_ADDRS["entitlements"]
     accounts_addr: str = DEFAULT_ADDRS["accounts"]
@@ -69,6 +107,8 @@ class Settings:
     listen_addr: str = ""
     metrics_addr: str = ""
     log_level: str = "INFO"
+    # The most database connections this process's pool opens; 0: the service's own default.
+    database_pool_size: int = 0
     shutdown_grace_seconds: float = 10.0
     # Processed and ignored events older than this leave the inbox (0: kept for ever).
     inbox_retention_days: int = 90
@@ -88,6 +128,10 @@ class Settings:
             telegram_bot_token=env.get("TELEGRAM_BOT_TOKEN", ""),
             telegram_api_base=env.get("TELEGRAM_API_BASE", cls.telegram_api_base).rstrip("/"),
             internal_token=env.get("INTERNAL_TOKEN", ""),
+            caller_tokens=env.get("CALLER_TOKENS", ""),
+            grpc_tls_cert=env.get("GRPC_TLS_CERT", ""),
+            grpc_tls_key=env.get("GRPC_TLS_KEY", ""),
+            grpc_tls_ca=env.get("GRPC_TLS_CA", ""),
             payments_addr=env.get("PAYMENTS_ADDR", DEFAULT_ADDRS["payments"]),
             entitlements_addr=env.get("ENTITLEMENTS_ADDR", DEFAULT_ADDRS["entitlements"]),
             accounts_addr=env.get("ACCOUNTS_ADDR", DEFAULT_ADDRS["accounts"]),
@@ -95,6 +139,7 @@ class Settings:
             listen_addr=env.get("LISTEN_ADDR", ""),
             metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            database_pool_size=_count("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "0")),
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
         )
@@ -119,5 +164,7 @@ class Settings:
             self.telegram_webhook_secret,
             self.telegram_bot_token,
             self.internal_token,
+            *caller_token_values(self.caller_tokens),
+            *database_passwords(self.database_url),
         ]
         return [v for v in values if v]

@@ -214,14 +214,18 @@ class Processor:
                 log.debug("inbox listener reconnecting: %r", error)
             await asyncio.sleep(1)
 
-    async def process(self, inbox_id: int) -> bool:
-        """Apply this one event now (a replay, a refund made here). False if it is not pending
-        or another worker holds it."""
+    async def process(self, inbox_id: int, wait_seconds: float = 5.0) -> None:
+        """Apply this one event now (a replay, a refund made here), so the caller's answer
+        shows its effect. If a worker woken by its insert holds it, wait for that worker."""
         event = await self.store.claim_one(self._worker_id, inbox_id, LEASE)
-        if event is None:
-            return False
-        await self.apply([event])
-        return True
+        if event is not None:
+            await self.apply([event])
+            return
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while await self.store.is_pending(inbox_id):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.02)
 
     # --- a claimed batch -----------------------------------------------------------------------
 

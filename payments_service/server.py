@@ -9,6 +9,7 @@ from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
+from paylayer.tls import GrpcTls
 from payments_service.bot_api import BotApi
 from payments_service.downstream import Downstream
 from payments_service.metrics import watch_inbox
@@ -20,10 +21,16 @@ from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
 def build(settings: Settings, *, workers: int = 2) -> GrpcService:
-    engine = create_engine(settings.database_url, application_name="payments", pool_size=20)
+    engine = create_engine(
+        settings.database_url,
+        application_name="payments",
+        pool_size=20,
+        max_connections=settings.database_pool_size,
+    )
     catalogue = load_catalogue(settings.catalogue_path)
-    accounts = open_channel(settings.accounts_addr, settings.internal_token)
-    entitlements = open_channel(settings.entitlements_addr, settings.internal_token)
+    tls = GrpcTls.from_settings(settings)
+    accounts = open_channel(settings.accounts_addr, settings.internal_token, tls=tls)
+    entitlements = open_channel(settings.entitlements_addr, settings.internal_token, tls=tls)
     bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
     store = Store(engine)
     workers = int(os.environ.get("PAYMENTS_WORKERS", workers))
@@ -46,7 +53,7 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
     return GrpcService(
         name="payments",
         full_service_name=payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
-        internal_token=settings.internal_token,
+        settings=settings,
         engine=engine,
         add_servicer=lambda server: payments_pb2_grpc.add_PaymentsServiceServicer_to_server(
             servicer, server

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
 from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
 from payments_service import telegram_updates
@@ -211,7 +212,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     ) -> payments_pb2.ReplayEventResponse:
         _provider(request.provider, required=True)
         _text("event_id", request.event_id, required=True)
-        replayed = await self.store.replay(request.provider, request.event_id)
+        replayed = await self.store.replay(
+            request.provider, request.event_id, replayed_by=caller_var.get()
+        )
         if replayed is None:
             existing = await self.store.get_event(request.provider, request.event_id)
             if existing is None:

@@ -48,6 +48,7 @@ class Event:
     processed_at: datetime | None
     claimed_until: datetime | None = None
     claimed_by: str | None = None
+    replayed_by: str | None = None
 
 
 def _event(row: Any) -> Event:
@@ -249,6 +250,11 @@ class Store:
             ).first()
             return _event(row) if row is not None else None
 
+    async def is_pending(self, inbox_id: int) -> bool:
+        async with self._single.connect() as connection:
+            status = await connection.scalar(select(inbox.c.status).where(inbox.c.id == inbox_id))
+            return bool(status == "pending")
+
     async def release(self, worker: str) -> None:
         """Give back this worker's unfinished claims (on shutdown): no lease to wait out."""
         async with self._single.connect() as connection:
@@ -425,7 +431,7 @@ class Store:
         async with self._single.connect() as connection:
             return [_event(row) for row in await connection.execute(query)]
 
-    async def replay(self, provider: str, event_id: str) -> Event | None:
+    async def replay(self, provider: str, event_id: str, replayed_by: str = "") -> Event | None:
         """Put a failed or ignored event back in the queue, due now, with a fresh count."""
         async with self.engine.begin() as connection:
             row = (
@@ -443,6 +449,7 @@ class Store:
                         next_attempt_at=func.now(),
                         processed_at=None,
                         claimed_until=None,
+                        replayed_by=replayed_by or None,
                     )
                     .returning(*inbox.c)
                 )

@@ -46,6 +46,7 @@ inbox = Table(
     # claimant crashed), and applies it again, which its idempotent effects allow.
     Column("claimed_until", DateTime(timezone=True)),
     Column("claimed_by", Text),
+    Column("replayed_by", Text),  # the caller name of the last replay
     UniqueConstraint("provider", "event_id", name="inbox_provider_event_id_key"),
     CheckConstraint(
         "status IN ('pending', 'processed', 'ignored', 'failed')", name="inbox_status_check"

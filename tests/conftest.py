@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paylayer.callers import CALLER_NAMES
 from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded, with_database
 from paylayer.migrations import upgrade_all
@@ -32,7 +34,10 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
-INTERNAL_TOKEN = "test-internal-" + secrets.token_hex(8)
+# One token per caller, as `paylayer dev` makes them: each stack process presents its own, so
+# the tests run under the real roles. The tests themselves call as the operator.
+CALLER_TOKENS = {name: f"test-{name}-{secrets.token_hex(8)}" for name in CALLER_NAMES}
+INTERNAL_TOKEN = CALLER_TOKENS["operator"]
 # Every stack's process logs, scanned for secrets when the run ends.
 STACK_LOG_DIRS: list[Path] = []
 KNOWN_SECRETS: list[str] = []
@@ -87,6 +92,7 @@ def make_settings(database_url: str, bot_api: FakeBotApi) -> Settings:
     settings = Settings(
         database_url=database_url,
         internal_token=INTERNAL_TOKEN,
+        caller_tokens=",".join(f"{name}:{token}" for name, token in CALLER_TOKENS.items()),
         stripe_webhook_secrets=("whsec_test_" + secrets.token_hex(16),),
         telegram_webhook_secret="tg-secret-" + secrets.token_hex(8),
         telegram_bot_token=BOT_TOKEN,
@@ -125,10 +131,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @contextmanager
 def running_stack(
-    settings: Settings, log_dir: Path, replicas: int = 1, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    log_dir: Path,
+    replicas: int = 1,
+    extra_env: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Stack]:
     """All four services as separate processes on free ports, up and healthy."""
-    running = make_stack(settings, log_dir, replicas, extra_env)
+    running = make_stack(settings, log_dir, replicas, extra_env, service_env)
     STACK_LOG_DIRS.append(log_dir)
     running.start_all()
     try:
@@ -148,14 +158,33 @@ def secrets_in(text: str, secrets_: list[str]) -> list[str]:
     return [secret for secret in secrets_ if secret and secret in text]
 
 
+# Database details a traceback would carry unless redacted: bound parameters, key values.
+UNREDACTED_DETAILS = re.compile(
+    r"\[parameters: (?!\[redacted\])|Key \((?!\[redacted\])|DETAIL: (?!\[redacted\])"
+    r"|invalid input [^:]*: (?!\[redacted\])"
+)
+
+
+def unredacted_tracebacks(text: str) -> int:
+    """How many logged tracebacks still show a database detail."""
+    return sum(
+        1 for line in text.splitlines() if '"exc_info"' in line and UNREDACTED_DETAILS.search(line)
+    )
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Secrets never reach a log line: scan every process log this run wrote."""
+    """Secrets and customer data never reach a log line: scan every process log this run wrote,
+    tracebacks included."""
     leaks = []
     for log_dir in STACK_LOG_DIRS:
         for path in log_dir.glob("*.log"):
-            found = secrets_in(path.read_text(errors="replace"), KNOWN_SECRETS)
+            text = path.read_text(errors="replace")
+            found = secrets_in(text, KNOWN_SECRETS)
             if found:
                 leaks.append(f"{path}: {len(found)} secret(s)")
+            tracebacks = unredacted_tracebacks(text)
+            if tracebacks:
+                leaks.append(f"{path}: {tracebacks} traceback(s) with database details")
     if leaks:
         print("\nSECRETS FOUND IN LOGS:\n" + "\n".join(leaks))
         session.exitstatus = 1

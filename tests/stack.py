@@ -32,6 +32,8 @@ class Stack:
     log_dir: Path
     instances: dict[str, processes.Instance]
     processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+    # Settings one service gets on top of `env` (its own DATABASE_URL, say).
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def addrs(self) -> dict[str, str]:
@@ -52,8 +54,9 @@ class Stack:
 
     def start(self, name: str) -> None:
         instance = self.instances[name]
+        env = {**self.env, **self.service_env.get(instance.service, {})}
         self.processes[name] = processes.start(
-            instance, self.env, processes.log_file(self.log_dir, instance)
+            instance, env, processes.log_file(self.log_dir, instance)
         )
 
     def start_all(self) -> None:
@@ -91,7 +94,11 @@ class Stack:
 
 
 def make_stack(
-    settings: Settings, log_dir: Path, replicas: int = 1, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    log_dir: Path,
+    replicas: int = 1,
+    extra_env: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Stack:
     instances = processes.plan(
         replicas,
@@ -102,6 +109,7 @@ def make_stack(
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "INTERNAL_TOKEN": settings.internal_token,
+        "CALLER_TOKENS": settings.caller_tokens,
         "STRIPE_WEBHOOK_SECRETS": ",".join(settings.stripe_webhook_secrets),
         "TELEGRAM_WEBHOOK_SECRET": settings.telegram_webhook_secret,
         "TELEGRAM_BOT_TOKEN": settings.telegram_bot_token,
@@ -116,4 +124,5 @@ def make_stack(
         env=env,
         log_dir=log_dir,
         instances={instance.name: instance for instance in instances},
+        service_env=service_env or {},
     )

@@ -7,6 +7,8 @@ import secrets
 import subprocess
 import sys
 
+import pytest
+
 from tests.stack import Stack
 
 
@@ -76,3 +78,32 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(stack: Stack) -> None:
         stack.gateway_url,
     )
     assert unknown_sku.returncode == 2 and "unknown sku" in unknown_sku.stderr
+
+
+@pytest.mark.parametrize(
+    "live",
+    [
+        {"PAYLAYER_TRIGGER_DISABLED": "1"},  # what the production image sets
+        {"STRIPE_LIVEMODE": "true"},
+        {"STRIPE_API_KEY": "sk_live_" + "0" * 24},
+    ],
+    ids=["production image", "livemode", "live key"],
+)
+def test_trigger_refuses_to_forge_webhooks_for_a_live_deployment(
+    stack: Stack, live: dict[str, str]
+) -> None:
+    buyer = str(secrets.randbelow(10**12) + 10**9)
+    refused = subprocess.run(
+        [
+            *(sys.executable, "-m", "paylayer.cli", "trigger", "stripe", "charge.succeeded"),
+            *("--telegram-user", buyer, "--sku", "vip_30d", "--gateway", stack.gateway_url),
+        ],
+        env={**stack.env, **live},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "refusing" in refused.stderr or "disabled" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert refused.stdout == ""  # nothing was signed, nothing posted

@@ -89,13 +89,37 @@ def test_ports_and_addresses_agree_with_the_code(compose: dict[str, Any], name: 
     env = {**compose["x-env"], **service["environment"]}
     port = _port(DEFAULT_ADDRS[name])
     assert _port(env["LISTEN_ADDR"]) == port
-    assert service["ports"] == [f"{port}:{port}"]
+    # Closed by default: only the gateway's webhook port leaves the compose network.
+    assert service.get("ports", []) == ([f"{port}:{port}"] if name == "gateway" else [])
     for other in ("payments", "entitlements", "accounts"):
         assert env[f"{other.upper()}_ADDR"] == f"{other}:{_port(DEFAULT_ADDRS[other])}"
     unknown = set(env) - _settings_read_from_env()
     assert not unknown, f"compose sets variables the code never reads: {unknown}"
     if name != "gateway":
-        assert env["DATABASE_URL"].startswith(f"postgresql://{name}:")
+        # The service's own DML-only role; its owner role only migrates.
+        assert env["DATABASE_URL"].startswith(f"postgresql://{name}_app:")
+        assert int(env["DATABASE_POOL_SIZE"]) > 0
+    # Each process presents its own caller token; entitlements calls no one and holds none.
+    token = env.get("INTERNAL_TOKEN")
+    if name == "entitlements":
+        assert token is None
+    else:
+        assert token == f"${{{name.upper()}_TOKEN:?set {name.upper()}_TOKEN}}"
+
+
+def test_the_published_ports_are_the_gateways_alone(compose: dict[str, Any]) -> None:
+    published = {n: s["ports"] for n, s in compose["services"].items() if s.get("ports")}
+    assert published == {"gateway": ["8080:8080"]}
+
+
+def test_compose_pools_fit_in_postgres_connections(compose: dict[str, Any]) -> None:
+    pools = [
+        int(s["environment"]["DATABASE_POOL_SIZE"])
+        for s in compose["services"].values()
+        if "DATABASE_POOL_SIZE" in s.get("environment", {})
+    ]
+    # Plus entitlements' LISTEN connection and the reserved superuser slots.
+    assert sum(pools) + 1 <= 100 - 3
 
 
 def test_stop_grace_outlasts_the_services_own_grace(compose: dict[str, Any]) -> None:

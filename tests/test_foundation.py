@@ -85,7 +85,10 @@ async def test_gateway_probes_and_metrics(stack: Stack) -> None:
             assert response.status == 200
         async with http.get(f"{stack.gateway_url}/readyz") as response:
             assert response.status == 200
+        # Not on the public port: what the layer counts is nobody's business outside.
         async with http.get(f"{stack.gateway_url}/metrics") as response:
+            assert response.status == 404
+        async with http.get(f"http://{stack.metrics_addrs['gateway']}/metrics") as response:
             assert response.status == 200
             text = await response.text()
     assert 'paylayer_gateway_http_requests_total{code="200",route="/readyz"}' in text

@@ -30,7 +30,7 @@ PROCESSES = (*GRPC_SERVICES, "gateway")
 KUBERNETES_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
 # Read outside paylayer/settings.py: by the CLI, the metrics server and payments' processor.
 ENV_READ_ELSEWHERE = {"GATEWAY_ADDR", "METRICS_ADDR", "PAYMENTS_WORKERS"}
-METRICS_PORTS = {"payments": 9051, "entitlements": 9052, "accounts": 9053}
+METRICS_PORTS = {"gateway": 9050, "payments": 9051, "entitlements": 9052, "accounts": 9053}
 # The processes that load the catalogue (the gateway never does).
 CATALOGUE_READERS = GRPC_SERVICES
 SCALED_ON_CPU = {"gateway", "entitlements"}
@@ -118,6 +118,10 @@ def _required_settings(name: str) -> set[str]:
         call = re.search(r"\.require\(([^)]*)\)", source)
         assert call is not None
         return set(re.findall(r'"([A-Z_]+)"', call.group(1)))
+    main = (REPO_ROOT / SERVICE_MODULES[name] / "__main__.py").read_text()
+    given = re.search(r"required=\(([^)]*)\)", main)
+    if given is not None:
+        return set(re.findall(r'"([A-Z_]+)"', given.group(1)))
     return set(inspect.signature(run_main).parameters["required"].default)
 
 
@@ -315,8 +319,8 @@ def test_every_variable_set_is_read_by_the_code_and_every_required_one_is_set(
     assert not missing, f"{name} would refuse to start without {missing}"
 
 
-@pytest.mark.parametrize("name", GRPC_SERVICES)
-def test_each_grpc_service_exposes_metrics_on_its_own_port(
+@pytest.mark.parametrize("name", PROCESSES)
+def test_each_process_exposes_metrics_on_its_own_port(
     deployments: dict[str, dict[str, Any]], name: str
 ) -> None:
     port = METRICS_PORTS[name]
@@ -327,10 +331,109 @@ def test_each_grpc_service_exposes_metrics_on_its_own_port(
     assert annotations["prometheus.io/port"] == str(port)
 
 
-def test_the_gateway_is_scraped_on_its_http_port(deployments: dict[str, dict[str, Any]]) -> None:
+def test_the_gateway_is_not_scraped_on_its_public_port(
+    deployments: dict[str, dict[str, Any]], manifests: list[dict[str, Any]]
+) -> None:
     annotations = deployments["gateway"]["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(_port(DEFAULT_ADDRS["gateway"]))
+    assert annotations["prometheus.io/port"] != str(_port(DEFAULT_ADDRS["gateway"]))
     assert annotations["prometheus.io/path"] == "/metrics"
+    # The gateway's Service (what an Ingress points at) carries the webhook port only.
+    service = _named(manifests, "Service")["gateway"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [_port(DEFAULT_ADDRS["gateway"])]
+
+
+# Network policies: closed by default
+
+# Who may open a connection to each gRPC port, by the callers' pod names.
+GRPC_CALLERS = {
+    "payments": {"gateway"},
+    "accounts": {"payments"},
+    "entitlements": {"payments", "accounts"},
+}
+CALLER_LABEL = "paylayer.io/caller"
+
+
+def _ingress_to(
+    manifests: list[dict[str, Any]], name: str, port: int
+) -> list[list[dict[str, Any]] | None]:
+    """The `from` lists (None: from anywhere) of every rule letting traffic to `name`:`port`."""
+    pod_labels = {"app.kubernetes.io/name": name}
+    rules: list[list[dict[str, Any]] | None] = []
+    for policy in _named(manifests, "NetworkPolicy").values():
+        selected = policy["spec"]["podSelector"].get("matchLabels", {})
+        if not selected.items() <= pod_labels.items():
+            continue
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if not ports or port in ports:
+                rules.append(rule.get("from"))
+    return rules
+
+
+def test_every_pod_is_closed_to_ingress_unless_a_policy_lets_it_in(
+    manifests: list[dict[str, Any]],
+) -> None:
+    policies = _named(manifests, "NetworkPolicy")
+    deny = [
+        p
+        for p in policies.values()
+        if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+    ]
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"]
+
+
+@pytest.mark.parametrize("name", GRPC_SERVICES)
+def test_a_grpc_port_takes_only_its_callers_and_pods_or_namespaces_labelled_as_callers(
+    manifests: list[dict[str, Any]], name: str
+) -> None:
+    rules = _ingress_to(manifests, name, _port(DEFAULT_ADDRS[name]))
+    assert rules and all(r is not None for r in rules), "open to anyone"
+    peers = [peer for rule in rules for peer in rule or []]
+    pods = set()
+    for peer in peers:
+        assert "ipBlock" not in peer
+        selector = peer.get("podSelector") or peer.get("namespaceSelector") or {}
+        labels = selector.get("matchLabels", {})
+        expressions = selector.get("matchExpressions", [])
+        if "app.kubernetes.io/name" in labels:
+            assert set(peer) == {"podSelector"}
+            pods.add(labels["app.kubernetes.io/name"])
+        else:
+            # Anyone else must carry the caller label (a namespace or a pod).
+            assert expressions == [{"key": CALLER_LABEL, "operator": "Exists"}], peer
+    assert pods == GRPC_CALLERS[name]
+
+
+def test_only_the_gateways_webhook_port_is_open_to_anyone(manifests: list[dict[str, Any]]) -> None:
+    for name in PROCESSES:
+        for port in {_port(DEFAULT_ADDRS[name]), METRICS_PORTS[name]}:
+            open_to_all = None in _ingress_to(manifests, name, port)
+            assert open_to_all == (name == "gateway" and port == 8080), (name, port)
+
+
+# Connections: the shipped replica counts stay under PostgreSQL's default max_connections.
+
+POSTGRES_MAX_CONNECTIONS = 100
+POSTGRES_RESERVED = 3  # superuser_reserved_connections
+LISTEN_CONNECTIONS = {"entitlements": 1}  # its NOTIFY listener, outside the pool
+
+
+def test_the_most_replicas_times_their_pools_fit_in_postgres_connections(
+    deployments: dict[str, dict[str, Any]], manifests: list[dict[str, Any]]
+) -> None:
+    autoscalers = {
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"]
+        for h in _named(manifests, "HorizontalPodAutoscaler").values()
+    }
+    total = 1  # the migration Job, one connection at a time
+    for name in GRPC_SERVICES:
+        deployment = deployments[name]
+        replicas = autoscalers.get(name, deployment["spec"]["replicas"])
+        surge = deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        pool = int(_literal_env(_container(deployment))["DATABASE_POOL_SIZE"])
+        total += (replicas + surge) * (pool + LISTEN_CONNECTIONS.get(name, 0))
+    assert total <= POSTGRES_MAX_CONNECTIONS - POSTGRES_RESERVED, total
 
 
 @pytest.mark.parametrize("name", CATALOGUE_READERS)

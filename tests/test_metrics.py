@@ -81,7 +81,7 @@ async def test_malformed_protobuf_is_invalid_argument_not_internal(stack: Stack)
 async def test_gateway_and_payments_metrics_agree_with_the_webhooks_sent(
     stack: Stack, engine: AsyncEngine
 ) -> None:
-    gateway_url = f"{stack.gateway_url}/metrics"
+    gateway_url = f"http://{stack.metrics_addrs['gateway']}/metrics"
     payments_url = f"http://{stack.metrics_addrs['payments']}/metrics"
     gateway_before, payments_before = await scrape(gateway_url), await scrape(payments_url)
     catalogue = load_catalogue(stack.settings.catalogue_path)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
 from paylayer.db import create_engine
+from payments_service import telegram_updates
 from tests.conftest import fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.faults.load import Load, assert_each_took_effect_once, settle
@@ -92,7 +93,13 @@ async def test_each_event_sent_to_both_gateways_at_once_counts_once(
                 "X-Telegram-Bot-Api-Secret-Token": replicated.settings.telegram_webhook_secret
             }
             sent.append(
-                ("telegram", str(update["update_id"]), charge, json.dumps(update).encode(), headers)
+                (
+                    "telegram",
+                    telegram_updates.event_key(update, "successful_payment"),
+                    charge,
+                    json.dumps(update).encode(),
+                    headers,
+                )
             )
         else:
             intent = f"pi_twice_{secrets.token_hex(8)}"

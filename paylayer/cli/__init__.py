@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from paylayer.cli import accounts, common, entitlements, local, payments, trigger
+from paylayer.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = args.run(args)
-    except common.UserError as error:
+    except (common.UserError, ConfigError) as error:
         print(f"paylayer: {error}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

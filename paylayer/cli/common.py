@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from paylayer.devsecrets import load_dev_env
 from paylayer.grpc_client import open_channel
 from paylayer.settings import Settings
+from paylayer.tls import GrpcTls
 
 
 class UserError(Exception):
@@ -41,7 +42,9 @@ def run_rpc(
         raise UserError("INTERNAL_TOKEN is not set (and no `paylayer dev` secrets were found)")
 
     async def main() -> int:
-        channel = open_channel(addr_of(config), config.internal_token)
+        channel = open_channel(
+            addr_of(config), config.internal_token, tls=GrpcTls.from_settings(config)
+        )
         try:
             return (await call(channel)) or 0
         except grpc.aio.AioRpcError as error:

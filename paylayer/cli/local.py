@@ -20,6 +20,7 @@ from paylayer.cli.common import UserError, add_json_flag, print_json, settings
 from paylayer.devsecrets import DEV_DIR, ensure_dev_secrets, remember
 from paylayer.migrations import SERVICES, upgrade
 from paylayer.settings import DEFAULT_ADDRS, DEFAULT_METRICS_ADDRS, Settings
+from paylayer.tls import GrpcTls
 
 SERVICE_NAMES = list(processes.MODULES)
 START_TIMEOUT_SECONDS = 60.0
@@ -56,8 +57,12 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _grpc_status(addr: str) -> str:
-    channel = grpc.aio.insecure_channel(addr)
+async def _grpc_status(addr: str, tls: GrpcTls | None) -> str:
+    channel = (
+        grpc.aio.insecure_channel(addr)
+        if tls is None
+        else grpc.aio.secure_channel(addr, tls.channel_credentials())
+    )
     try:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=1.0
@@ -90,10 +95,15 @@ async def _every(probe: Callable[[str], Awaitable[str]], addrs: str) -> str:
 async def check_all(
     config: Settings, gateway_addr: str, only: list[str] | None = None
 ) -> dict[str, str]:
+    tls = GrpcTls.from_settings(config)
+
+    async def grpc_status(addr: str) -> str:
+        return await _grpc_status(addr, tls)
+
     probes = {
-        "accounts": lambda: _every(_grpc_status, config.accounts_addr),
-        "entitlements": lambda: _every(_grpc_status, config.entitlements_addr),
-        "payments": lambda: _every(_grpc_status, config.payments_addr),
+        "accounts": lambda: _every(grpc_status, config.accounts_addr),
+        "entitlements": lambda: _every(grpc_status, config.entitlements_addr),
+        "payments": lambda: _every(grpc_status, config.payments_addr),
         "gateway": lambda: _every(_http_status, gateway_addr),
     }
     names = only or list(probes)

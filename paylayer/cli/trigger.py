@@ -12,6 +12,7 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ import stripe
 
 from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.cli.common import UserError, settings
+from paylayer.devsecrets import load_dev_env
 from paylayer.settings import DEFAULT_ADDRS
 
 STRIPE_API_VERSION = "2024-06-20"
@@ -329,7 +331,27 @@ async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, str]
         raise UserError(f"cannot reach the gateway at {url}: {error}") from None
 
 
+# Set in the production image: there, nothing may forge a signed webhook.
+DISABLED_VARIABLE = "PAYLAYER_TRIGGER_DISABLED"
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+
+def refuse_when_live(env: Mapping[str, str]) -> None:
+    """A signed fake webhook against a live deployment would grant real access for nothing."""
+    if env.get(DISABLED_VARIABLE):
+        raise UserError(f"trigger is disabled in this image ({DISABLED_VARIABLE} is set)")
+    livemode = env.get("STRIPE_LIVEMODE", "").strip().lower()
+    live = (
+        livemode in ("1", "true", "yes")
+        if livemode
+        else env.get("STRIPE_API_KEY", "").startswith(LIVE_KEY_PREFIXES)
+    )
+    if live:
+        raise UserError("refusing to sign webhooks for a live deployment (Stripe live mode)")
+
+
 def _trigger_stripe(args: argparse.Namespace) -> int:
+    refuse_when_live(load_dev_env())
     config = settings()
     if not config.stripe_webhook_secrets:
         raise UserError(
@@ -360,6 +382,7 @@ def _trigger_stripe(args: argparse.Namespace) -> int:
 
 
 def _trigger_telegram(args: argparse.Namespace) -> int:
+    refuse_when_live(load_dev_env())
     config = settings()
     if not config.telegram_webhook_secret:
         raise UserError(

@@ -164,6 +164,31 @@ async def test_the_same_login_on_another_server_is_another_account(accounts: Stu
     assert linked.account.user_id == other
 
 
+async def test_a_server_spelled_otherwise_is_the_same_account_as_mt5_sees_it(
+    accounts: Stub,
+) -> None:
+    """No squatting: `Audit-Live` and ` audit-live ` are one MT5 account, linked once."""
+    owner = await new_user(accounts)
+    squatter = await new_user(accounts)
+    login = mt5_login()
+    await accounts.LinkAccount(account_request(owner, login, server="Audit-Live"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await accounts.LinkAccount(account_request(squatter, login, server=" audit-live "))
+    again = await accounts.LinkAccount(account_request(owner, login, server="AUDIT-LIVE"))
+    await accounts.ReportAccountSnapshot(report(login, "audit-live  ", START, 900.0))
+    found = await accounts.GetAccount(
+        accounts_pb2.GetAccountRequest(login=login, server=" Audit-live")
+    )
+
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert not again.created
+    assert (await listed(accounts, squatter)).accounts == []
+    # The spelling first given is the one shown; the snapshot reached the one account.
+    assert found.account.server == "Audit-Live" and found.account.equity == 900.0
+    assert [a.server for a in (await listed(accounts, owner)).accounts] == ["Audit-Live"]
+
+
 async def test_after_unlinking_another_user_may_link_it_and_sees_none_of_the_past(
     accounts: Stub,
 ) -> None:

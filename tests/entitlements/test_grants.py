@@ -285,7 +285,7 @@ async def test_a_malformed_grant_is_an_invalid_argument_and_grants_nothing(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_a_manual_grant_and_its_revoke_are_audited_with_who_and_why(
+async def test_a_manual_grant_and_its_revoke_are_audited_with_the_caller_and_why(
     stub: EntitlementsServiceStub, engine: AsyncEngine
 ) -> None:
     user = new_user()
@@ -301,15 +301,18 @@ async def test_a_manual_grant_and_its_revoke_are_audited_with_who_and_why(
         rows = (
             await connection.execute(
                 text(
-                    "SELECT action, event_id, reason, actor FROM entitlements.audit"
+                    "SELECT action, event_id, reason, actor, details->>'on_behalf_of'"
+                    " FROM entitlements.audit"
                     " WHERE user_id = :user ORDER BY audit_id"
                 ),
                 {"user": user},
             )
         ).all()
+    # The caller comes from its credential (the tests call as the operator); the person it
+    # names is kept beside it, never instead of it.
     assert [tuple(row) for row in rows] == [
-        ("grant", request.event_id, "apology for the outage", "support:alice"),
-        ("revoke", revoke.event_id, "refund", "support:bob"),
+        ("grant", request.event_id, "apology for the outage", "operator", "support:alice"),
+        ("revoke", revoke.event_id, "refund", "operator", "support:bob"),
     ]
 
 

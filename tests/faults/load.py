@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
+from payments_service import telegram_updates
 from payments_service.tables import inbox
 from tests.payments.helpers import check, days_left, user_of_telegram
 from tests.stack import Stack
@@ -58,7 +59,9 @@ class Load:
                     update = telegram_update(
                         "payment", catalogue, telegram_user_id=buyer, sku="premium_30d"
                     )
-                    purchase = Purchase("telegram", str(update["update_id"]), buyer)
+                    purchase = Purchase(
+                        "telegram", telegram_updates.event_key(update, "successful_payment"), buyer
+                    )
                     send = self._telegram(http, json.dumps(update).encode(), purchase)
                 else:
                     event = stripe_event(
