@@ -68,6 +68,16 @@ async def test_load_through_two_replicas_of_each_service_takes_effect_exactly_on
     assert {s for p in load.purchases for s in p.statuses} == {200}
     await settle(replicas_engine, load.purchases, within=60)
     await assert_each_took_effect_once(replicated, load.purchases)
+    # Both payments replicas applied events: each worker's claim names its process.
+    async with replicas_engine.connect() as connection:
+        appliers = await connection.scalar(
+            text(
+                "SELECT count(DISTINCT split_part(claimed_by, '-', 1)) FROM payments.inbox"
+                " WHERE status = 'processed' AND event_id = ANY(:ids)"
+            ),
+            {"ids": [p.event_id for p in load.purchases]},
+        )
+    assert appliers == 2
     # Round robin really spread the calls: every replica of every gRPC service served some.
     for service in ("payments", "entitlements", "accounts"):
         for instance in (service, f"{service}-2"):
