@@ -203,6 +203,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
                     user, created = users[value]
                     results[index].user.CopyFrom(_user_message(user))
                     results[index].created = created
+                    if created:
+                        log.info("created user %s for a new %s", user.user_id, kind)
                 else:
                     results[index].code = grpc.StatusCode.NOT_FOUND.value[0]
                     results[index].message = f"no user with this {IDENTITY_LABELS[kind]}"

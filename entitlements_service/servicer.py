@@ -18,6 +18,7 @@ from entitlements_service.rules import Grant, Source
 from entitlements_service.store import EntitlementStore, Revocation
 from paylayer.callers import GRANTS_LIMITED_TO, caller_var
 from paylayer.errors import DomainError, InvalidArgument, PermissionDenied
+from paylayer.logs import request_id_var
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,18 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             self._cache.invalidate(standing.user_id)
             results[index].grant.CopyFrom(wire.grant_message(standing))
             results[index].created = created
-        log.info("granted %d of %d in one batch", len(valid), len(request.grants))
+            # Each grant logged under its own event's request id, as a single grant is.
+            token = request_id_var.set(new.event_id or request_id_var.get())
+            log.info(
+                "grant %s %s/%s to %s (%s, in a batch of %d)",
+                standing.entitlement,
+                new.source.provider,
+                new.source.reference,
+                standing.user_id,
+                "created" if created else "already granted",
+                len(request.grants),
+            )
+            request_id_var.reset(token)
         return entitlements_pb2.GrantEntitlementsResponse(results=results)
 
     async def RevokeEntitlement(

@@ -255,6 +255,18 @@ class Processor:
             await self._apply_one(event, intent)
 
     async def _apply_purchases(self, purchases: list[_Purchase]) -> None:
+        # The batch's calls carry its first event's request id (and how many more there are);
+        # entitlements logs each grant under its own event's id.
+        batch_id = request_id_of(purchases[0].event)
+        token = request_id_var.set(
+            batch_id if len(purchases) == 1 else f"{batch_id}+{len(purchases) - 1}"
+        )
+        try:
+            await self._apply_purchases_as_one(purchases)
+        finally:
+            request_id_var.reset(token)
+
+    async def _apply_purchases_as_one(self, purchases: list[_Purchase]) -> None:
         try:
             payers = await self.downstream.resolve_payers([p.grant.payer for p in purchases])
         except Exception as error:

@@ -128,16 +128,18 @@ class Load:
 
 
 async def pending_count(engine: AsyncEngine, purchases: list[Purchase]) -> int:
+    """Delivered purchases not applied yet: pending, or not in the inbox at all (a wrong key
+    must not pass for settled)."""
+    delivered = {p.event_id for p in purchases if p.delivered}
     async with engine.connect() as connection:
-        return int(
-            await connection.scalar(
-                select(func.count()).where(
-                    inbox.c.status == "pending",
-                    inbox.c.event_id.in_([p.event_id for p in purchases]),
-                )
+        settled = await connection.scalar(
+            select(func.count()).where(
+                inbox.c.provider.in_(("stripe", "telegram")),
+                inbox.c.status != "pending",
+                inbox.c.event_id.in_(delivered),
             )
-            or 0
         )
+    return len(delivered) - int(settled or 0)
 
 
 async def settle(engine: AsyncEngine, purchases: list[Purchase], within: float) -> float:

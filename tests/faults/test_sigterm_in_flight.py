@@ -31,6 +31,7 @@ from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
+from payments_service import telegram_updates
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -270,7 +271,8 @@ async def test_accounts_finishes_the_user_it_holds_and_the_gateway_never_503s(
         == 1
     )
     buyer = during_drain["message"]["from"]["id"]
-    purchase = Purchase("telegram", str(during_drain["update_id"]), buyer, [200])
+    key = telegram_updates.event_key(during_drain, "successful_payment")
+    purchase = Purchase("telegram", key, buyer, [200])
     await settle(drain_engine, [purchase], within=60)
     await assert_each_took_effect_once(drain_stack, [purchase])
 
