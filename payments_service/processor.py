@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
-from payments_service import stripe_events, telegram_updates
+from payments_service import stripe_events, subscription_effects, telegram_updates
 from payments_service.downstream import Downstream, Retryable, reinstated_key
 from payments_service.intents import (
     Grant,
@@ -34,6 +34,7 @@ from payments_service.intents import (
     Record,
     Reinstate,
     Revoke,
+    SubscriptionChange,
     SubscriptionState,
     Unprocessable,
 )
@@ -236,6 +237,10 @@ class Processor:
     async def _effect(self, connection: Any, event: Event, intent: Intent) -> _Outcome:
         event_ref = f"{event.provider}:{event.event_id}"
         if isinstance(intent, Grant):
+            # A subscription's period: noted on it, and never granted past its end.
+            intent = await subscription_effects.before_grant(
+                self.store, self.downstream, connection, intent, event_ref
+            )
             return await self._grant(connection, intent, event_ref)
         if isinstance(intent, Revoke):
             return await self._revoke(connection, intent, event_ref)
@@ -254,6 +259,11 @@ class Processor:
             return await self._link_invoice_payment(connection, intent, event_ref)
         if isinstance(intent, Reinstate):
             return await self._reinstate(connection, intent, event_ref)
+        if isinstance(intent, SubscriptionChange):
+            await subscription_effects.apply_change(
+                self.store, self.downstream, connection, intent, event_ref
+            )
+            return _Outcome(None)
         if isinstance(intent, SubscriptionState):
             await self.store.set_subscription_state(
                 connection, intent.provider, intent.subscription_id, intent.state
