@@ -549,7 +549,7 @@ class Store:
                     payments.c.provider == provider,
                     payments.c.subscription_id == subscription_id,
                 )
-                .order_by(payments.c.purchased_at.desc().nulls_last())
+                .order_by(payments.c.purchased_at.desc().nulls_last(), payments.c.created_at.desc())
                 .limit(1)
             )
             return str(found) if found is not None else None

@@ -176,9 +176,7 @@ class StripeError(Exception):
 
 
 def _missing(what: str, object_id: str, param: str) -> StripeError:
-    return StripeError(
-        404, f"No such {what}: '{object_id}'", code="resource_missing", param=param
-    )
+    return StripeError(404, f"No such {what}: '{object_id}'", code="resource_missing", param=param)
 
 
 def parse_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -247,9 +245,7 @@ def validate(value: Any, shape: Shape, path: str) -> Any:
         return value == "true"
     if isinstance(shape, tuple):
         if value not in shape:
-            raise StripeError(
-                400, f"Invalid {path}: must be one of {', '.join(shape)}", param=path
-            )
+            raise StripeError(400, f"Invalid {path}: must be one of {', '.join(shape)}", param=path)
         return value
     if len(value) > 5000:
         raise StripeError(400, f"{path} is too long", param=path)
@@ -445,9 +441,7 @@ class FakeStripe:
             raise StripeError(400, "Missing required param: mode.", code="parameter_missing")
         items = params.get("line_items", [])
         if mode != "setup" and not items:
-            raise StripeError(
-                400, "Missing required param: line_items.", code="parameter_missing"
-            )
+            raise StripeError(400, "Missing required param: line_items.", code="parameter_missing")
         prices = [self._price(item, i, mode) for i, item in enumerate(items)]
         if mode != "payment" and "payment_intent_data" in params:
             raise StripeError(400, "payment_intent_data can only be used in payment mode.")
@@ -571,7 +565,8 @@ class FakeStripe:
             )
         if not 0 < amount <= left:
             raise StripeError(
-                400, f"Refund amount ({amount}) is greater than charge amount ({left})",
+                400,
+                f"Refund amount ({amount}) is greater than charge amount ({left})",
                 param="amount",
             )
         charge["amount_refunded"] += amount
