@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import random
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -583,3 +585,28 @@ async def test_a_stars_subscription_renews_cancels_through_telegram_and_runs_to_
     )
     assert resumed.subscription.status == "active"
     assert bot_api.calls_of("editUserStarSubscription")[-1]["is_canceled"] is False
+
+
+def test_the_cli_prints_a_checkout_link_lists_subscriptions_and_reconciles(
+    stripe_stack: Stack, stripe_api: FakeStripe
+) -> None:
+    def paylayer(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "paylayer.cli", *args],
+            env=stripe_stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    link = paylayer(
+        "checkout", "stripe", "--telegram-user", str(new_buyer()), "--sku", "premium_30d"
+    )
+    assert link.returncode == 0, link.stderr
+    assert link.stdout.strip() == stripe_api.sessions[list(stripe_api.sessions)[-1]]["url"]
+    listed = paylayer("subscriptions", "list", "--provider", "stripe")
+    assert listed.returncode == 0 and "PERIOD_END" in listed.stdout, listed.stderr
+    reconciled = paylayer("stripe", "reconcile", "--since", "3d")
+    assert reconciled.returncode == 0 and "events seen" in reconciled.stdout, reconciled.stderr
+    refused = paylayer("checkout", "stripe", "--telegram-user", "42", "--sku", "nope")
+    assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
