@@ -29,9 +29,14 @@ def _state(row: dict[str, Any] | None) -> subscriptions.State | None:
         observed_at=row["observed_at"],
         current_period_start=row["current_period_start"],
         current_period_end=row["current_period_end"],
-        cancel_at_period_end=row["cancel_at_period_end"],
+        cancel_at_period_end=row["cancel_at_period_end"]
+        if "cancel_at_period_end" in row["stated"]
+        else None,
         canceled_at=row["canceled_at"],
         ended_at=row["ended_at"],
+        stated=tuple(
+            (name, datetime.fromtimestamp(float(when), UTC)) for name, when in row["stated"].items()
+        ),
     )
 
 
@@ -54,10 +59,11 @@ async def _merge(
             "status": merged.status,
             "current_period_start": merged.current_period_start,
             "current_period_end": merged.current_period_end,
-            "cancel_at_period_end": merged.cancel_at_period_end,
+            "cancel_at_period_end": bool(merged.cancel_at_period_end),
             "canceled_at": merged.canceled_at,
             "ended_at": merged.ended_at,
             "observed_at": merged.observed_at,
+            "stated": {name: when.timestamp() for name, when in merged.stated},
         },
     )
     # The ledger's own column, which ListPayments shows.

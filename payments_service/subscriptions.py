@@ -3,8 +3,8 @@
 Subscription events arrive in any order, and Stripe sends no "updated at" on its objects, so
 each change carries when it was observed (the event's `created`). The rules:
 
-- the newest change decides each field it states; a field a change does not state (None) is
-  kept, and an older change may still fill a field nothing newer stated;
+- each field is decided by the newest change that states it (None states nothing), so a
+  change arriving late changes only what nothing newer has said;
 - a Stripe subscription that has ended (`canceled`, `incomplete_expired`) stays ended: no
   later-processed change of an older or newer time brings it back (Stripe never does);
 - `ended_at` once known is kept (the earliest one seen): access never runs past it;
@@ -178,6 +178,16 @@ def from_renewal_payment(
     )
 
 
+# The fields a change may state, each kept with the time of the change that stated it.
+FIELDS = (
+    "status",
+    "current_period_start",
+    "current_period_end",
+    "cancel_at_period_end",
+    "canceled_at",
+)
+
+
 @dataclass(frozen=True)
 class State:
     """A subscription as stored: the merge of every change seen so far."""
@@ -186,9 +196,12 @@ class State:
     observed_at: datetime
     current_period_start: datetime | None = None
     current_period_end: datetime | None = None
-    cancel_at_period_end: bool = False
+    cancel_at_period_end: bool | None = None
     canceled_at: datetime | None = None
     ended_at: datetime | None = None
+    # Per field, when the change that set it was observed: what a later-arriving change of an
+    # earlier time is compared with, so the order of arrival never matters.
+    stated: tuple[tuple[str, datetime], ...] = ()
 
 
 def _final(provider: str, status: str | None) -> bool:
@@ -197,31 +210,34 @@ def _final(provider: str, status: str | None) -> bool:
 
 def merge(provider: str, stored: State | None, change: SubscriptionChange) -> State:
     """The state after `change`, whatever order the changes come in (see the module doc)."""
-    if stored is None:
-        stored = State(status=change.status or "active", observed_at=change.observed_at)
-        newer = True
-    else:
-        newer = change.observed_at >= stored.observed_at
-
-    def pick(stated: Any, kept: Any) -> Any:
-        if stated is None:
-            return kept
-        return stated if newer or kept is None else kept
-
-    status = pick(change.status, stored.status)
-    if _final(provider, stored.status) and not _final(provider, change.status):
-        status = stored.status
+    stated = dict(stored.stated) if stored is not None else {}
+    values: dict[str, Any] = {}
+    for name in FIELDS:
+        new, old = getattr(change, name), getattr(stored, name, None)
+        when = stated.get(name)
+        if new is not None and (when is None or change.observed_at >= when):
+            values[name], stated[name] = new, change.observed_at
+        else:
+            values[name] = old
+    if (
+        stored is not None
+        and _final(provider, stored.status)
+        and not _final(provider, change.status)
+    ):
+        values["status"] = stored.status
     elif _final(provider, change.status):
-        status = change.status
-    ended = [moment for moment in (stored.ended_at, change.ended_at) if moment is not None]
+        values["status"] = change.status
+    ended = [m for m in (getattr(stored, "ended_at", None), change.ended_at) if m is not None]
+    observed = [m for m in (getattr(stored, "observed_at", None), change.observed_at) if m]
     return State(
-        status=status,
-        observed_at=max(stored.observed_at, change.observed_at),
-        current_period_start=pick(change.current_period_start, stored.current_period_start),
-        current_period_end=pick(change.current_period_end, stored.current_period_end),
-        cancel_at_period_end=bool(pick(change.cancel_at_period_end, stored.cancel_at_period_end)),
-        canceled_at=pick(change.canceled_at, stored.canceled_at),
+        status=values["status"] or "active",
+        observed_at=max(observed),
+        current_period_start=values["current_period_start"],
+        current_period_end=values["current_period_end"],
+        cancel_at_period_end=values["cancel_at_period_end"],
+        canceled_at=values["canceled_at"],
         ended_at=min(ended, default=None),
+        stated=tuple(sorted(stated.items())),
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 SCHEMA = "payments"
 metadata = MetaData(schema=SCHEMA)
@@ -108,6 +109,8 @@ subscriptions = Table(
     Column("ended_at", DateTime(timezone=True)),
     # The time of the newest change merged in: what an older change is compared with.
     Column("observed_at", DateTime(timezone=True), nullable=False),
+    # Per field, the time of the change that set it (epoch seconds): see `subscriptions.merge`.
+    Column("stated", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("provider", "subscription_id", name="subscriptions_pkey"),

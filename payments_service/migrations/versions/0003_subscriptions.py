@@ -5,6 +5,7 @@ Revision ID: 0003
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0003"
 down_revision = "0002"
@@ -29,6 +30,12 @@ def upgrade() -> None:
         sa.Column("canceled_at", moment),
         sa.Column("ended_at", moment),
         sa.Column("observed_at", moment, nullable=False),
+        sa.Column(
+            "stated",
+            postgresql.JSONB,
+            nullable=False,
+            server_default=sa.text("'{}'::jsonb"),
+        ),
         sa.Column("created_at", moment, nullable=False, server_default=sa.func.now()),
         sa.Column("updated_at", moment, nullable=False, server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("provider", "subscription_id", name="subscriptions_pkey"),
