@@ -397,7 +397,7 @@ def invoice_event(
 
 
 def expected_until(seen: set[str], t1: int, t2: int) -> int | None:
-    """Access the SPEC promises for the events seen so far, whatever their order."""
+    """Access docs/PAYMENTS.md promises for the events seen so far, whatever their order."""
     ends = []
     if "inv1_paid" in seen:
         ends.append(t1)
