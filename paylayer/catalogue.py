@@ -25,6 +25,10 @@ class Sku:
     recurring: bool = False
     # Whether a Checkout discount may account for part of the price.
     discounts: bool = False
+    # A Stripe Price object to sell it by, instead of inline price data.
+    stripe_price_id: str | None = None
+    # A recurring sku: days of access kept past the period end while a renewal is past due.
+    grace_days: int = 3
 
     @property
     def lifetime(self) -> bool:
@@ -97,14 +101,25 @@ def load_catalogue(path: Path) -> Catalogue:
         lifetime = bool(spec.get("lifetime"))
         if not lifetime and not spec.get("days"):
             raise ValueError(f"sku {name}: give days or lifetime: true")
+        interval = spec.get("interval")
+        if interval not in (None, "month"):
+            raise ValueError(f"sku {name}: interval must be month (the only period Stars has)")
+        price_id = spec.get("stripe_price_id")
+        if price_id is not None and not (isinstance(price_id, str) and price_id):
+            raise ValueError(f"sku {name}: stripe_price_id must be a Stripe price id")
+        grace_days = spec.get("grace_days", 3)
+        if not isinstance(grace_days, int) or isinstance(grace_days, bool) or grace_days < 0:
+            raise ValueError(f"sku {name}: grace_days must be a whole number of days")
         skus[name] = Sku(
             name=name,
             grants=spec["grants"],
             duration=None if lifetime else timedelta(days=int(spec["days"])),
             stripe_prices=_stripe_prices(name, spec.get("stripe")),
             stars=spec.get("stars"),
-            recurring=bool(spec.get("recurring", False)),
+            recurring=interval == "month" or bool(spec.get("recurring", False)),
             discounts=spec.get("discounts") is True,
+            stripe_price_id=price_id,
+            grace_days=grace_days,
         )
     return Catalogue(
         skus=skus,

@@ -89,6 +89,10 @@ class Settings:
     stripe_api_key: str = ""
     # Whether this deployment takes live Stripe events (true) or test ones (false).
     stripe_livemode: bool = False
+    # Stripe's API (checkout, portal, cancels, refunds, reconcile); tests point it elsewhere.
+    stripe_api_base: str = "https://api.stripe.com"
+    checkout_success_url: str = ""
+    checkout_cancel_url: str = ""
     telegram_webhook_secret: str = ""
     telegram_bot_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
@@ -124,6 +128,9 @@ class Settings:
             stripe_webhook_secrets=secrets,
             stripe_api_key=env.get("STRIPE_API_KEY", ""),
             stripe_livemode=_stripe_livemode(env),
+            stripe_api_base=env.get("STRIPE_API_BASE", cls.stripe_api_base).rstrip("/"),
+            checkout_success_url=env.get("CHECKOUT_SUCCESS_URL", ""),
+            checkout_cancel_url=env.get("CHECKOUT_CANCEL_URL", ""),
             telegram_webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET", ""),
             telegram_bot_token=env.get("TELEGRAM_BOT_TOKEN", ""),
             telegram_api_base=env.get("TELEGRAM_API_BASE", cls.telegram_api_base).rstrip("/"),

@@ -263,3 +263,14 @@ class Downstream:
             await self._entitlements.GrantEntitlement(request, timeout=CALL_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as error:
             raise _classify(error, "entitlements.GrantEntitlement") from None
+
+    async def grants_of(self, user_id: str) -> list[entitlements_pb2.Grant]:
+        """A user's unrevoked grants, with their terms (to cut a subscription's short)."""
+        try:
+            reply = await self._entitlements.ListEntitlements(
+                entitlements_pb2.ListEntitlementsRequest(user_id=user_id),
+                timeout=CALL_DEADLINE_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _classify(error, "entitlements.ListEntitlements") from None
+        return [grant for grant in reply.grants if not grant.revoked]

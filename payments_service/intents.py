@@ -118,8 +118,39 @@ class SubscriptionState:
 
 
 @dataclass(frozen=True)
+class SubscriptionChange:
+    """What an event says about a subscription (Stripe's subscription and invoice events, Stars
+    `subscription` updates). Events arrive in any order: the newest `observed_at` decides the
+    state, and a None field leaves what is known as it is."""
+
+    provider: str
+    subscription_id: str
+    observed_at: datetime
+    payer: Payer
+    sku: Sku
+    status: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool | None = None
+    canceled_at: datetime | None = None
+    # When access ends for good (an immediate cancel, or the end of the last paid period).
+    ended_at: datetime | None = None
+    # A renewal is past due: access is kept the sku's grace_days past this paid period's end.
+    grace_from: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Ignore:
     reason: str
 
 
-Intent = Grant | Revoke | Record | LinkInvoicePayment | Reinstate | SubscriptionState | Ignore
+Intent = (
+    Grant
+    | Revoke
+    | Record
+    | LinkInvoicePayment
+    | Reinstate
+    | SubscriptionState
+    | SubscriptionChange
+    | Ignore
+)

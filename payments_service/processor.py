@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
-from payments_service import stripe_events, telegram_updates
+from payments_service import stripe_events, subscription_effects, telegram_updates
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
     Grant,
@@ -49,6 +49,7 @@ from payments_service.intents import (
     Record,
     Reinstate,
     Revoke,
+    SubscriptionChange,
     SubscriptionState,
     Unprocessable,
 )
@@ -239,7 +240,7 @@ class Processor:
             except Exception as error:
                 await self._count_failure(event, error)
                 continue
-            if isinstance(intent, Grant):
+            if isinstance(intent, Grant) and not _is_subscription_period(intent):
                 purchases.append(_Purchase(event, intent))
             else:
                 others.append((event, intent))
@@ -394,6 +395,12 @@ class Processor:
                     amount_refunded=intent.amount_refunded,
                 )
             return _Done(intent.payment_key)
+        if isinstance(intent, SubscriptionChange):
+            async with self.store.transaction() as connection:
+                await subscription_effects.apply_change(
+                    self.store, self.downstream, connection, intent, event_ref
+                )
+            return _Done(None)
         if isinstance(intent, SubscriptionState):
             async with self.store.transaction() as connection:
                 await self.store.set_subscription_state(
@@ -402,6 +409,13 @@ class Processor:
         return _Done(None)
 
     async def _grant(self, intent: Grant, event_ref: str) -> _Done:
+        if _is_subscription_period(intent):
+            # Noted on its subscription, and never granted past its end. The subscription's
+            # lock is held across these calls: its events are rare, and must see each other.
+            async with self.store.transaction() as connection:
+                intent = await subscription_effects.before_grant(
+                    self.store, self.downstream, connection, intent, event_ref
+                )
         user_id = await self.downstream.resolve_payer(intent.payer)
         async with self.store.transaction() as connection:
             await self.store.lock_payment(connection, intent.provider, intent.payment_key)
@@ -574,6 +588,11 @@ class Processor:
                 delay.total_seconds(),
                 reason,
             )
+
+
+def _is_subscription_period(grant: Grant) -> bool:
+    """A paid period of a subscription: applied on its own, through its subscription."""
+    return grant.subscription_id is not None and grant.until is not None
 
 
 def _ledger_row(grant: Grant, user_id: str) -> dict[str, Any]:

@@ -11,12 +11,14 @@ from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
 from paylayer.tls import GrpcTls
 from payments_service.bot_api import BotApi
+from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
 from payments_service.metrics import watch_inbox
 from payments_service.processor import Processor
 from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
 from payments_service.store import Store
+from payments_service.stripe_api import StripeApi
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
@@ -42,13 +44,25 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         stripe_livemode=settings.stripe_livemode,
         database_url=settings.database_url,
     )
-    servicer = PaymentsServicer(store, processor, catalogue, bot)
+    stripe_api = StripeApi(settings.stripe_api_key, settings.stripe_api_base)
+    checkout = Checkout(
+        store=store,
+        processor=processor,
+        catalogue=catalogue,
+        stripe_api=stripe_api,
+        bot=bot,
+        accounts=accounts,
+        success_url=settings.checkout_success_url,
+        cancel_url=settings.checkout_cancel_url,
+    )
+    servicer = PaymentsServicer(store, processor, catalogue, bot, checkout)
 
     async def close() -> None:
         await processor.drain()
         await accounts.close()
         await entitlements.close()
         await bot.close()
+        await stripe_api.close()
 
     return GrpcService(
         name="payments",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -13,8 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
 from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
+from paylayer.logs import REQUEST_ID_HEADER
 from payments_service import telegram_updates
 from payments_service.bot_api import BotApi
+from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
 from payments_service.processor import Processor
 from payments_service.store import Event, Store
@@ -71,6 +73,21 @@ def payment_message(row: dict[str, Any]) -> payments_pb2.Payment:
     )
 
 
+def subscription_message(row: dict[str, Any]) -> payments_pb2.Subscription:
+    return payments_pb2.Subscription(
+        provider=row["provider"],
+        subscription_id=row["subscription_id"],
+        user_id=row["user_id"] or "",
+        sku=row["sku"],
+        status=row["status"],
+        current_period_start=_stamp(row["current_period_start"]),
+        current_period_end=_stamp(row["current_period_end"]),
+        cancel_at_period_end=row["cancel_at_period_end"],
+        canceled_at=_stamp(row["canceled_at"]),
+        ended_at=_stamp(row["ended_at"]),
+    )
+
+
 def _json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
         parsed = json.loads(payload)
@@ -88,6 +105,8 @@ MAX_TEXT = 255
 def _text(name: str, value: str, *, required: bool = False) -> str:
     if required and not value:
         raise InvalidArgument(f"{name} is required")
+    if "\x00" in value:
+        raise InvalidArgument(f"{name} holds a NUL character")
     if len(value) > MAX_TEXT:
         raise InvalidArgument(f"{name} is longer than {MAX_TEXT} characters")
     return value
@@ -113,14 +132,44 @@ def _page_token(token: str) -> int | None:
     return int(token)
 
 
+def _since(stamp: Timestamp, *, required: bool) -> datetime | None:
+    if not stamp.seconds and not stamp.nanos:
+        if required:
+            raise InvalidArgument("since is required")
+        return None
+    if not 0 < stamp.seconds < 253_402_300_799:
+        raise InvalidArgument("since is out of range")
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's own request id, when it sent one: a retry with it is the same request."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            return value[:200]
+    return ""
+
+
 class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     def __init__(
-        self, store: Store, processor: Processor, catalogue: Catalogue, bot: BotApi
+        self,
+        store: Store,
+        processor: Processor,
+        catalogue: Catalogue,
+        bot: BotApi,
+        checkout: Checkout | None = None,
     ) -> None:
         self.store = store
         self.processor = processor
         self.catalogue = catalogue
         self.bot = bot
+        self._checkout = checkout
+
+    @property
+    def checkout(self) -> Checkout:
+        if self._checkout is None:
+            raise FailedPrecondition("Stripe calls are not configured in this process")
+        return self._checkout
 
     def _count(self, recorded: Event, duplicate: bool) -> None:
         """Metrics for a delivery, and a new event goes straight to the processor."""
@@ -255,9 +304,15 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.RefundPaymentResponse:
-        if request.provider != "telegram":
-            raise InvalidArgument("only Telegram Stars payments are refunded from here")
+        _provider(request.provider, required=True)
         _text("payment_key", request.payment_key, required=True)
+        if request.provider == "stripe":
+            # The refund's charge.refunded webhook revokes, as for a refund made in Stripe.
+            await self.checkout.refund_stripe(request.payment_key)
+            refunded = await self.store.get_payment("stripe", request.payment_key)
+            if refunded is None:
+                raise NotFound(f"no payment {request.payment_key}")
+            return payments_pb2.RefundPaymentResponse(payment=payment_message(refunded))
         purchase = await self.store.telegram_purchase(request.payment_key)
         if purchase is None or not isinstance(purchase.get("telegram_user_id"), int):
             raise NotFound(f"no Stars payment {request.payment_key}")
@@ -305,3 +360,98 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         return payments_pb2.ReconcileTelegramResponse(
             transactions_seen=len(transactions), payments_recorded=recorded
         )
+
+    async def CreateCheckoutSession(
+        self,
+        request: payments_pb2.CreateCheckoutSessionRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> payments_pb2.CreateCheckoutSessionResponse:
+        url, session_id = await self.checkout.create_checkout_session(
+            user_id=_text("user_id", request.user_id),
+            telegram_user_id=request.telegram_user_id,
+            sku_name=_text("sku", request.sku, required=True),
+            success_url=request.success_url,
+            cancel_url=request.cancel_url,
+            request_id=_request_id(context),
+        )
+        return payments_pb2.CreateCheckoutSessionResponse(url=url, session_id=session_id)
+
+    async def CreatePortalSession(
+        self, request: payments_pb2.CreatePortalSessionRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CreatePortalSessionResponse:
+        url = await self.checkout.create_portal_session(
+            _text("user_id", request.user_id, required=True), request.return_url
+        )
+        return payments_pb2.CreatePortalSessionResponse(url=url)
+
+    async def CancelSubscription(
+        self, request: payments_pb2.CancelSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CancelSubscriptionResponse:
+        row = await self.checkout.cancel(
+            _text("user_id", request.user_id, required=True),
+            _provider(request.provider, required=True),
+            _text("subscription_id", request.subscription_id, required=True),
+            at_period_end=request.at_period_end,
+        )
+        return payments_pb2.CancelSubscriptionResponse(subscription=subscription_message(row))
+
+    async def ResumeSubscription(
+        self, request: payments_pb2.ResumeSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ResumeSubscriptionResponse:
+        row = await self.checkout.resume(
+            _text("user_id", request.user_id, required=True),
+            _provider(request.provider, required=True),
+            _text("subscription_id", request.subscription_id, required=True),
+        )
+        return payments_pb2.ResumeSubscriptionResponse(subscription=subscription_message(row))
+
+    async def GetSubscription(
+        self, request: payments_pb2.GetSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetSubscriptionResponse:
+        provider = _provider(request.provider, required=True)
+        subscription_id = _text("subscription_id", request.subscription_id, required=True)
+        row = await self.store.get_subscription(provider, subscription_id)
+        if row is None:
+            raise NotFound(f"no {provider} subscription {subscription_id!r}")
+        return payments_pb2.GetSubscriptionResponse(subscription=subscription_message(row))
+
+    async def ListSubscriptions(
+        self, request: payments_pb2.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListSubscriptionsResponse:
+        limit = _page_size(request.page_size)
+        offset = _page_token(request.page_token) or 0
+        rows = await self.store.list_subscriptions(
+            user_id=_text("user_id", request.user_id),
+            provider=_provider(request.provider),
+            limit=limit,
+            offset=offset,
+        )
+        return payments_pb2.ListSubscriptionsResponse(
+            subscriptions=[subscription_message(row) for row in rows],
+            next_page_token=str(offset + limit) if len(rows) == limit else "",
+        )
+
+    async def ReconcileStripe(
+        self, request: payments_pb2.ReconcileStripeRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReconcileStripeResponse:
+        since = _since(request.since, required=True)
+        assert since is not None
+        seen, recorded = await self.checkout.reconcile_stripe(since)
+        return payments_pb2.ReconcileStripeResponse(events_seen=seen, events_recorded=recorded)
+
+    async def ReplayEvents(
+        self, request: payments_pb2.ReplayEventsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReplayEventsResponse:
+        status = _STATUS_BY_ENUM.get(request.status)
+        if status not in ("failed", "ignored"):
+            raise InvalidArgument("status must be failed or ignored")
+        replayed = await self.store.replay_many(
+            status=status,
+            event_type=_text("event_type", request.event_type),
+            provider=_provider(request.provider),
+            since=_since(request.since, required=False),
+            replayed_by=caller_var.get(),
+        )
+        if replayed:
+            self.processor.kick()
+        return payments_pb2.ReplayEventsResponse(replayed=len(replayed))

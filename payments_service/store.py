@@ -13,7 +13,7 @@ from sqlalchemy import Interval, bindparam, case, func, literal, or_, select, te
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from payments_service.tables import inbox, invoice_payments, payments
+from payments_service.tables import inbox, invoice_payments, payments, subscriptions
 
 # A purchase's status only moves forward: a late `charge.failed` never hides a success, and a
 # late `charge.succeeded` never hides a refund.
@@ -556,3 +556,135 @@ class Store:
                 )
             )
             return found is not None
+
+    # --- subscriptions (payments_service/subscriptions.py holds their rules) ----------------
+
+    @staticmethod
+    async def subscription_row(
+        connection: AsyncConnection, provider: str, subscription_id: str
+    ) -> dict[str, Any] | None:
+        row = (
+            await connection.execute(
+                select(subscriptions).where(
+                    subscriptions.c.provider == provider,
+                    subscriptions.c.subscription_id == subscription_id,
+                )
+            )
+        ).first()
+        return dict(row._mapping) if row is not None else None
+
+    @staticmethod
+    async def save_subscription(
+        connection: AsyncConnection,
+        provider: str,
+        subscription_id: str,
+        values: dict[str, Any],
+    ) -> None:
+        """Write the merged state (the caller holds the subscription's lock)."""
+        statement = insert(subscriptions).values(
+            provider=provider, subscription_id=subscription_id, **values
+        )
+        await connection.execute(
+            statement.on_conflict_do_update(
+                constraint="subscriptions_pkey",
+                set_={
+                    **{name: statement.excluded[name] for name in values if name != "user_id"},
+                    "user_id": func.coalesce(subscriptions.c.user_id, statement.excluded.user_id),
+                    "updated_at": func.now(),
+                },
+            )
+        )
+
+    @staticmethod
+    async def subscription_payment_keys(
+        connection: AsyncConnection, provider: str, subscription_id: str
+    ) -> list[str]:
+        """The purchases that paid this subscription's periods (their grants' sources)."""
+        return list(
+            await connection.scalars(
+                select(payments.c.payment_key).where(
+                    payments.c.provider == provider,
+                    payments.c.subscription_id == subscription_id,
+                )
+            )
+        )
+
+    async def get_subscription(self, provider: str, subscription_id: str) -> dict[str, Any] | None:
+        async with self._single.connect() as connection:
+            return await self.subscription_row(connection, provider, subscription_id)
+
+    async def list_subscriptions(
+        self, *, user_id: str, provider: str, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        query = (
+            select(subscriptions)
+            .order_by(subscriptions.c.created_at.desc(), subscriptions.c.subscription_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        if user_id:
+            query = query.where(subscriptions.c.user_id == user_id)
+        if provider:
+            query = query.where(subscriptions.c.provider == provider)
+        async with self._single.connect() as connection:
+            return [dict(row._mapping) for row in await connection.execute(query)]
+
+    async def latest_subscription_charge(self, provider: str, subscription_id: str) -> str | None:
+        """The newest payment of a subscription (a Stars subscription is edited by it)."""
+        async with self._single.connect() as connection:
+            found = await connection.scalar(
+                select(payments.c.payment_key)
+                .where(
+                    payments.c.provider == provider,
+                    payments.c.subscription_id == subscription_id,
+                )
+                .order_by(payments.c.purchased_at.desc().nulls_last(), payments.c.created_at.desc())
+                .limit(1)
+            )
+            return str(found) if found is not None else None
+
+    async def replay_many(
+        self,
+        *,
+        status: str,
+        event_type: str,
+        provider: str,
+        since: datetime | None,
+        replayed_by: str = "",
+    ) -> list[int]:
+        """Put every matching failed (or ignored) event back in the queue, due now."""
+        query = (
+            update(inbox)
+            .where(inbox.c.status == status)
+            .values(
+                status="pending",
+                error="",
+                attempts=0,
+                next_attempt_at=func.now(),
+                processed_at=None,
+                claimed_until=None,
+                replayed_by=replayed_by or None,
+            )
+            .returning(inbox.c.id)
+        )
+        if event_type:
+            query = query.where(inbox.c.event_type == event_type)
+        if provider:
+            query = query.where(inbox.c.provider == provider)
+        if since is not None:
+            query = query.where(inbox.c.received_at >= since)
+        async with self.engine.begin() as connection:
+            return list(await connection.scalars(query))
+
+    async def payment_of_invoice(self, provider: str, invoice_id: str) -> str | None:
+        """The payment (intent or charge) that paid this invoice, once Stripe has said so."""
+        async with self._single.connect() as connection:
+            found = await connection.scalar(
+                select(invoice_payments.c.payment_key)
+                .where(
+                    invoice_payments.c.provider == provider,
+                    invoice_payments.c.invoice_id == invoice_id,
+                )
+                .limit(1)
+            )
+            return str(found) if found is not None else None

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paylayer.catalogue import Catalogue, Sku
+from payments_service import subscriptions
 from payments_service.intents import (
     Grant,
     Ignore,
@@ -21,7 +22,6 @@ from payments_service.intents import (
     Record,
     Reinstate,
     Revoke,
-    SubscriptionState,
     Unprocessable,
     shown,
 )
@@ -34,6 +34,12 @@ GRANTING = {
     "payment_intent.succeeded",
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
+}
+
+SUBSCRIPTION_EVENTS = {
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
 }
 
 
@@ -328,6 +334,75 @@ def _dispute_closed(obj: dict[str, Any]) -> Intent:
     return Ignore(f"dispute closed as {shown(status)}")
 
 
+def _subscription_sku(catalogue: Catalogue, obj: dict[str, Any], metadata: dict[str, str]) -> Sku:
+    """`metadata.sku`, else the sku sold by the item's Stripe price id, else by its amount."""
+    if metadata.get("sku"):
+        return sku(catalogue, metadata, 0, "")
+    for price in subscriptions.item_prices(obj):
+        by_id = [s for s in catalogue.skus.values() if s.stripe_price_id == price.get("id")]
+        if len(by_id) == 1:
+            return by_id[0]
+        amount, currency = _int(price.get("unit_amount")), _currency(price)
+        matched = catalogue.sku_for_stripe_price(amount, currency)
+        if matched is not None:
+            return matched
+    raise Unprocessable(
+        "cannot tell what was bought: no metadata.sku and no sku with this price", "unknown_sku"
+    )
+
+
+def _subscription(
+    catalogue: Catalogue, event_type: str, obj: dict[str, Any], observed_at: datetime
+) -> Intent:
+    metadata = _metadata(obj.get("metadata"))
+    return subscriptions.from_stripe_subscription(
+        event_type,
+        obj,
+        observed_at,
+        payer(obj, metadata),
+        _subscription_sku(catalogue, obj, metadata),
+    )
+
+
+def _invoice_subscription(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The subscription an invoice bills, on top (older API versions) or under `parent`."""
+    details = _dict(_dict(obj.get("parent")).get("subscription_details")) or _dict(
+        obj.get("subscription_details")
+    )
+    return _text(obj.get("subscription")) or _text(details.get("subscription")), details
+
+
+def _invoice_payment_failed(
+    catalogue: Catalogue, obj: dict[str, Any], observed_at: datetime
+) -> Intent:
+    subscription_id, details = _invoice_subscription(obj)
+    if not subscription_id:
+        return Ignore("a failed invoice of no subscription changes no access")
+    lines = _list(obj.get("lines"))
+    first_line = lines[0] if lines else {}
+    metadata = _metadata(obj.get("metadata"), details.get("metadata"), first_line.get("metadata"))
+    # The line's price: `price` up to 2024-era versions, `pricing.price_details` from basil on.
+    price = _dict(first_line.get("price")) or {
+        "id": _dict(_dict(first_line.get("pricing")).get("price_details")).get("price"),
+        "unit_amount": first_line.get("amount"),
+        "currency": obj.get("currency"),
+    }
+    line_sku = (
+        sku(catalogue, metadata, 0, "")
+        if metadata.get("sku")
+        else _subscription_sku(catalogue, {"items": {"data": [{"price": price}]}}, metadata)
+    )
+    starts = [_timestamp(_dict(line.get("period")).get("start")) for line in lines]
+    return subscriptions.from_failed_invoice(
+        subscription_id,
+        obj,
+        [start for start in starts if start],
+        observed_at,
+        payer(obj, metadata),
+        line_sku,
+    )
+
+
 def interpret(event: dict[str, Any], catalogue: Catalogue, *, livemode: bool = False) -> Intent:
     """What this verified Stripe event means. Raises Unprocessable when it cannot be told.
 
@@ -375,9 +450,10 @@ def interpret(event: dict[str, Any], catalogue: Catalogue, *, livemode: bool = F
         return Revoke(PROVIDER, payment_key(obj), "disputed")
     if event_type == "charge.dispute.closed":
         return _dispute_closed(obj)
-    if event_type == "customer.subscription.deleted":
-        subscription_id = _text(obj.get("id"))
-        if not subscription_id:
-            raise Unprocessable("subscription has no id")
-        return SubscriptionState(PROVIDER, subscription_id, "canceled")
+    # Subscription objects carry no "updated at": the event's own time orders their changes.
+    observed_at = _timestamp(event.get("created")) or datetime.now(UTC)
+    if event_type in SUBSCRIPTION_EVENTS:
+        return _subscription(catalogue, event_type, obj, observed_at)
+    if event_type == "invoice.payment_failed":
+        return _invoice_payment_failed(catalogue, obj, observed_at)
     return Ignore(f"{event_type} is not acted on")

@@ -2,6 +2,7 @@
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 SCHEMA = "payments"
 metadata = MetaData(schema=SCHEMA)
@@ -108,3 +110,28 @@ invoice_payments = Table(
     PrimaryKeyConstraint("provider", "payment_key", name="invoice_payments_pkey"),
 )
 Index("invoice_payments_invoice_idx", invoice_payments.c.provider, invoice_payments.c.invoice_id)
+
+# One row per subscription (Stripe's, or a Stars one: `<telegram user>:<sku>`): the merge of
+# every change its events told, in whatever order they came (payments_service/subscriptions.py).
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("provider", Text, nullable=False),
+    Column("subscription_id", Text, nullable=False),
+    Column("user_id", Text),
+    Column("sku", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("current_period_start", DateTime(timezone=True)),
+    Column("current_period_end", DateTime(timezone=True)),
+    Column("cancel_at_period_end", Boolean, nullable=False, server_default="false"),
+    Column("canceled_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    # The time of the newest change merged in: what an older change is compared with.
+    Column("observed_at", DateTime(timezone=True), nullable=False),
+    # Per field, the time of the change that set it (epoch seconds): see `subscriptions.merge`.
+    Column("stated", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("provider", "subscription_id", name="subscriptions_pkey"),
+)
+Index("subscriptions_user_idx", subscriptions.c.user_id, subscriptions.c.created_at)

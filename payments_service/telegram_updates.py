@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paylayer.catalogue import Catalogue, Sku
+from payments_service import subscriptions
 from payments_service.intents import (
     Grant,
     Ignore,
     Intent,
     Payer,
     Revoke,
-    SubscriptionState,
     Unprocessable,
     shown,
 )
@@ -173,7 +173,15 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
         if state not in ("canceled", "active", "failed"):
             raise Unprocessable(f"unknown subscription state {shown(state)}")
         sku = sku_of_payload(catalogue, subscription.get("invoice_payload"))
-        return SubscriptionState(PROVIDER, subscription_id(_user_id(subscription), sku), state)
+        telegram_user_id = _user_id(subscription)
+        return subscriptions.from_stars_update(
+            subscription_id(telegram_user_id, sku),
+            state,
+            # Updates carry no time of their own unless we made them: then it is processing time.
+            _timestamp(subscription.get("date")) or datetime.now(UTC),
+            Payer(telegram_user_id=telegram_user_id),
+            sku,
+        )
     return Ignore("update carries nothing payments acts on")
 
 
@@ -218,5 +226,20 @@ def refund_update(charge_id: str, invoice_payload: str, total_amount: int) -> di
                 "invoice_payload": invoice_payload,
                 "telegram_payment_charge_id": charge_id,
             }
+        }
+    }
+
+
+def subscription_update(
+    telegram_user_id: int, invoice_payload: str, state: str, date: int
+) -> dict[str, Any]:
+    """A cancel or resume we made ourselves (editUserStarSubscription), as the `subscription`
+    update that records it; `date` tells it apart from an earlier identical one."""
+    return {
+        "subscription": {
+            "user": {"id": telegram_user_id},
+            "invoice_payload": invoice_payload,
+            "state": state,
+            "date": date,
         }
     }

@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (local, payments, entitlements, accounts, trigger):
         module.register(commands)
+    payments.register_checkout(commands)
     return parser
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
+import time
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from paylayer.cli.common import (
+    UserError,
     add_json_flag,
     message_dict,
     print_json,
@@ -57,9 +61,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--page-token", default="")
     add_json_flag(listing)
     listing.set_defaults(run=list_events)
-    replay = events.add_parser("replay", help="process a failed or ignored event again")
-    replay.add_argument("event_id")
-    replay.add_argument("--provider", choices=["stripe", "telegram"], default="stripe")
+    replay = events.add_parser(
+        "replay", help="process a failed or ignored event again (or many: --status failed)"
+    )
+    replay.add_argument("event_id", nargs="?")
+    replay.add_argument("--provider", choices=["stripe", "telegram"], default="")
+    replay.add_argument("--status", choices=["failed", "ignored"], help="replay every such event")
+    replay.add_argument("--type", default="", help="only events of this type")
+    replay.add_argument("--since", help="only events received since: 3d, 12h, 30m")
     add_json_flag(replay)
     replay.set_defaults(run=replay_event)
 
@@ -114,10 +123,26 @@ def list_events(args: argparse.Namespace) -> int:
     return run_rpc(_addr, call)
 
 
+def ago(text: str) -> Timestamp:
+    """`3d`, `12h`, `30m` before now, as a timestamp."""
+    found = re.fullmatch(r"(\d{1,5})([dhm])", text.strip())
+    if found is None:
+        raise UserError(f"give a duration like 3d, 12h or 30m, not {text!r}")
+    seconds = int(found.group(1)) * {"d": 86400, "h": 3600, "m": 60}[found.group(2)]
+    return Timestamp(seconds=int(time.time()) - seconds)
+
+
 def replay_event(args: argparse.Namespace) -> int:
+    if args.status:
+        return replay_events(args)
+    if not args.event_id:
+        raise UserError("name an event to replay, or give --status failed to replay many")
+
     async def call(channel: grpc.aio.Channel) -> None:
         reply = await _stub(channel).ReplayEvent(
-            payments_pb2.ReplayEventRequest(provider=args.provider, event_id=args.event_id)
+            payments_pb2.ReplayEventRequest(
+                provider=args.provider or "stripe", event_id=args.event_id
+            )
         )
         if args.json:
             print_json(message_dict(reply.event))
@@ -196,5 +221,169 @@ def refund_payment(args: argparse.Namespace) -> int:
             print_json(message_dict(reply.payment))
         else:
             print(f"{reply.payment.payment_key}: {reply.payment.status}")
+
+    return run_rpc(_addr, call)
+
+
+def replay_events(args: argparse.Namespace) -> int:
+    since = ago(args.since) if args.since else None
+
+    async def call(channel: grpc.aio.Channel) -> None:
+        reply = await _stub(channel).ReplayEvents(
+            payments_pb2.ReplayEventsRequest(
+                status=STATUSES[args.status],
+                event_type=args.type,
+                provider=args.provider,
+                since=since,
+            ),
+            timeout=60,
+        )
+        if args.json:
+            print_json(message_dict(reply))
+        else:
+            print(f"{reply.replayed} events replayed")
+
+    return run_rpc(_addr, call)
+
+
+def register_checkout(commands: argparse._SubParsersAction) -> None:
+    """`paylayer checkout|subscriptions|stripe …`: selling by card, subscriptions, backfill."""
+    checkout = commands.add_parser("checkout", help="make a payment link").add_subparsers(
+        dest="provider", required=True
+    )
+    stripe_link = checkout.add_parser("stripe", help="a Stripe Checkout link for a sku")
+    buyer = stripe_link.add_mutually_exclusive_group(required=True)
+    buyer.add_argument("--telegram-user", type=int)
+    buyer.add_argument("--user-id")
+    stripe_link.add_argument("--sku", required=True)
+    stripe_link.add_argument("--success-url", default="")
+    stripe_link.add_argument("--cancel-url", default="")
+    add_json_flag(stripe_link)
+    stripe_link.set_defaults(run=checkout_stripe)
+
+    subscriptions = commands.add_parser(
+        "subscriptions", help="Stripe and Stars subscriptions"
+    ).add_subparsers(dest="action", required=True)
+    listing = subscriptions.add_parser("list")
+    listing.add_argument("--user-id", default="")
+    listing.add_argument("--provider", choices=["stripe", "telegram"], default="")
+    listing.add_argument("--limit", type=int, default=50)
+    add_json_flag(listing)
+    listing.set_defaults(run=list_subscriptions)
+    for action, text in (("cancel", "cancel at the period end (or --now)"), ("resume", "undo")):
+        command = subscriptions.add_parser(action, help=text)
+        command.add_argument("subscription_id")
+        command.add_argument("--user-id", required=True)
+        command.add_argument("--provider", choices=["stripe", "telegram"], default="stripe")
+        if action == "cancel":
+            command.add_argument("--now", action="store_true", help="end access now (Stripe)")
+        add_json_flag(command)
+        command.set_defaults(run=change_subscription, action=action)
+
+    stripe = commands.add_parser("stripe", help="Stripe").add_subparsers(
+        dest="action", required=True
+    )
+    reconcile = stripe.add_parser("reconcile", help="record Stripe events the webhooks lost")
+    reconcile.add_argument("--since", default="3d", help="how far back: 3d, 12h (Stripe: 30d)")
+    add_json_flag(reconcile)
+    reconcile.set_defaults(run=reconcile_stripe)
+
+
+def checkout_stripe(args: argparse.Namespace) -> int:
+    async def call(channel: grpc.aio.Channel) -> None:
+        reply = await _stub(channel).CreateCheckoutSession(
+            payments_pb2.CreateCheckoutSessionRequest(
+                user_id=args.user_id or "",
+                telegram_user_id=args.telegram_user or 0,
+                sku=args.sku,
+                success_url=args.success_url,
+                cancel_url=args.cancel_url,
+            ),
+            timeout=30,
+        )
+        if args.json:
+            print_json(message_dict(reply))
+        else:
+            print(reply.url)
+
+    return run_rpc(_addr, call)
+
+
+def _subscription_row(subscription: payments_pb2.Subscription) -> dict[str, Any]:
+    end = subscription.current_period_end
+    return {
+        "provider": subscription.provider,
+        "subscription": subscription.subscription_id,
+        "user": subscription.user_id,
+        "sku": subscription.sku,
+        "status": subscription.status,
+        "period_end": end.ToDatetime().strftime("%Y-%m-%d %H:%M") if end.seconds else "",
+        "cancels": "at period end" if subscription.cancel_at_period_end else "",
+    }
+
+
+_SUBSCRIPTION_COLUMNS = ("provider", "subscription", "user", "sku", "status", "period_end")
+
+
+def list_subscriptions(args: argparse.Namespace) -> int:
+    async def call(channel: grpc.aio.Channel) -> None:
+        reply = await _stub(channel).ListSubscriptions(
+            payments_pb2.ListSubscriptionsRequest(
+                user_id=args.user_id, provider=args.provider, page_size=args.limit
+            )
+        )
+        if args.json:
+            print_json(message_dict(reply))
+            return
+        rows = [_subscription_row(s) for s in reply.subscriptions]
+        print_table(rows, (*_SUBSCRIPTION_COLUMNS, "cancels"))
+
+    return run_rpc(_addr, call)
+
+
+def change_subscription(args: argparse.Namespace) -> int:
+    async def call(channel: grpc.aio.Channel) -> None:
+        stub = _stub(channel)
+        if args.action == "cancel":
+            reply: Any = await stub.CancelSubscription(
+                payments_pb2.CancelSubscriptionRequest(
+                    user_id=args.user_id,
+                    provider=args.provider,
+                    subscription_id=args.subscription_id,
+                    at_period_end=not args.now,
+                ),
+                timeout=30,
+            )
+        else:
+            reply = await stub.ResumeSubscription(
+                payments_pb2.ResumeSubscriptionRequest(
+                    user_id=args.user_id,
+                    provider=args.provider,
+                    subscription_id=args.subscription_id,
+                ),
+                timeout=30,
+            )
+        if args.json:
+            print_json(message_dict(reply.subscription))
+        else:
+            print_table(
+                [_subscription_row(reply.subscription)], (*_SUBSCRIPTION_COLUMNS, "cancels")
+            )
+
+    return run_rpc(_addr, call)
+
+
+def reconcile_stripe(args: argparse.Namespace) -> int:
+    since = ago(args.since)
+
+    async def call(channel: grpc.aio.Channel) -> None:
+        # Paging through a month of events can take a while.
+        reply = await _stub(channel).ReconcileStripe(
+            payments_pb2.ReconcileStripeRequest(since=since), timeout=300
+        )
+        if args.json:
+            print_json(message_dict(reply))
+        else:
+            print(f"{reply.events_seen} events seen, {reply.events_recorded} recorded")
 
     return run_rpc(_addr, call)

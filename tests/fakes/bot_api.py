@@ -64,6 +64,17 @@ class FakeBotApi:
                 )
             self.refunded.add(charge)
             return web.json_response({"ok": True, "result": True})
+        if method == "editUserStarSubscription":
+            if not (
+                isinstance(params.get("user_id"), int)
+                and isinstance(params.get("telegram_payment_charge_id"), str)
+                and isinstance(params.get("is_canceled"), bool)
+            ):
+                return web.json_response(
+                    {"ok": False, "error_code": 400, "description": "Bad Request: bad parameters"},
+                    status=400,
+                )
+            return web.json_response({"ok": True, "result": True})
         if method == "getStarTransactions":
             offset, limit = int(params.get("offset", 0)), int(params.get("limit", 100))
             page = self.transactions[offset : offset + limit]

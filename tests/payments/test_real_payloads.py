@@ -16,7 +16,7 @@ import pytest
 from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.settings import REPO_ROOT
 from payments_service import stripe_events, telegram_updates
-from payments_service.intents import Grant, Ignore, Record, Revoke, SubscriptionState
+from payments_service.intents import Grant, Ignore, Record, Revoke, SubscriptionChange
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 API_VERSIONS = ["2024-06-20", "2025-03-31.basil"]
@@ -154,8 +154,9 @@ def test_a_basil_subscription_charge_is_keyed_by_the_intent_its_invoice_payment_
 def test_a_deleted_subscription_stops_renewals(catalogue: Catalogue, version: str) -> None:
     event = stripe(version, "customer.subscription.deleted")
     intent = stripe_events.interpret(event, catalogue)
-    assert isinstance(intent, SubscriptionState)
-    assert (intent.subscription_id, intent.state) == (event["data"]["object"]["id"], "canceled")
+    assert isinstance(intent, SubscriptionChange)
+    assert (intent.subscription_id, intent.status) == (event["data"]["object"]["id"], "canceled")
+    assert intent.ended_at is not None
 
 
 # --- Telegram Bot API updates -----------------------------------------------------------------

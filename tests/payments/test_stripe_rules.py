@@ -15,7 +15,7 @@ from payments_service.intents import (
     Payer,
     Record,
     Revoke,
-    SubscriptionState,
+    SubscriptionChange,
     Unprocessable,
 )
 from payments_service.stripe_events import interpret
@@ -171,7 +171,17 @@ def test_invoice_paid_grants_until_the_line_period_end(catalogue: Catalogue) -> 
 def test_subscription_deleted_stops_renewals_and_other_types_are_ignored(
     catalogue: Catalogue,
 ) -> None:
-    assert interpret(
-        stripe_event("customer.subscription.deleted", catalogue, subscription="sub_1"), catalogue
-    ) == SubscriptionState("stripe", "sub_1", "canceled")
+    deleted = interpret(
+        stripe_event(
+            "customer.subscription.deleted",
+            catalogue,
+            subscription="sub_1",
+            sku="premium_monthly",
+            telegram_user_id=7,
+        ),
+        catalogue,
+    )
+    assert isinstance(deleted, SubscriptionChange)
+    assert (deleted.subscription_id, deleted.status) == ("sub_1", "canceled")
+    assert deleted.ended_at is not None  # access ends when the subscription did
     assert isinstance(interpret(stripe_event("customer.created", catalogue), catalogue), Ignore)
