@@ -175,7 +175,7 @@ def main() -> None:
         secret = settings.stripe_webhook_secrets[0]
         with running_stack(settings) as stack:
             floor_addr = f"127.0.0.1:{free_port()}"
-            floor = subprocess.Popen(
+            floor_process = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.floor"],
                 env={**stack.env, "LISTEN_ADDR": floor_addr, "FLOOR_GRANTS": "1"},
                 stdout=subprocess.DEVNULL,
@@ -219,8 +219,8 @@ def main() -> None:
                 singles = asyncio.run(single_purchases(stack, secret, args.singles))
                 results["single_purchase_visible_after_200"] = spread_ms(singles)
             finally:
-                floor.terminate()
-                floor.wait()
+                floor_process.terminate()
+                floor_process.wait()
 
     apply_ratio = (
         results["burst"]["applied"]["apply_rate_per_s"] / results["floor"]["apply_rate_per_s"]
