@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, exc, func, select
+from sqlalchemy import Row, exc, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -90,9 +90,70 @@ class EntitlementStore:
 
     @_unavailable_when_unreachable
     async def grant_many(self, many: Sequence[Grant]) -> list[tuple[Grant, bool]]:
-        """`grant` for each, in order, in one transaction: one commit for the lot."""
+        """`grant` for each, answered in order, in one transaction of four statements: the
+        grants, the ones already standing, their audit rows and their change notices. A
+        source given twice counts once, as two calls would."""
+        first: dict[tuple[str, str], Grant] = {}
+        for new in many:
+            first.setdefault((new.source.provider, new.source.reference), new)
+        if not first:
+            return []
+        rows_in = insert(grants).values(
+            [{"grant_id": uuid.UUID(new.grant_id), **_grant_values(new)} for new in first.values()]
+        )
+        statement = rows_in.on_conflict_do_update(
+            constraint="uq_grants_source",
+            set_={column: rows_in.excluded[column] for column in _GRANT_COLUMNS},
+            where=grants.c.user_id.is_(None),
+        ).returning(*grants.c)
         async with self._engine.begin() as connection:
-            return [await self._grant(connection, new) for new in many]
+            written = {
+                (row.provider, row.reference): row for row in await connection.execute(statement)
+            }
+            # Sources already granted: ON CONFLICT touched nothing; the first grant stands.
+            missing = [key for key in first if key not in written]
+            standing: dict[tuple[str, str], Grant] = {}
+            if missing:
+                rows = await connection.execute(
+                    select(grants).where(tuple_(grants.c.provider, grants.c.reference).in_(missing))
+                )
+                standing = {(row.provider, row.reference): _grant_of(row) for row in rows}
+            outcomes: dict[tuple[str, str], tuple[Grant, bool]] = {}
+            audit_rows, notices = [], []
+            for key, new in first.items():
+                if key not in written:
+                    outcomes[key] = (standing[key], False)
+                    continue
+                stored = _grant_of(written[key])
+                created = stored.grant_id == new.grant_id
+                outcomes[key] = (stored, created)
+                audit_rows.append(
+                    _audit_row(
+                        action="grant" if created else "grant_after_revoke",
+                        grant=stored,
+                        event_id=new.event_id,
+                        reason=new.reason,
+                        actor=new.granted_by,
+                    )
+                )
+                if created:
+                    notices.append(_change_notice("grant", stored))
+            if audit_rows:
+                await connection.execute(audit.insert(), audit_rows)
+            if notices:
+                await connection.execute(
+                    text(
+                        "SELECT pg_notify(:channel, notice)"
+                        " FROM unnest(CAST(:notices AS text[])) AS notice"
+                    ),
+                    {"channel": CHANGES_CHANNEL, "notices": notices},
+                )
+        answers = []
+        for new in many:
+            stored, created = outcomes[(new.source.provider, new.source.reference)]
+            # A repeat of a source within the batch: not created a second time.
+            answers.append((stored, created and stored.grant_id == new.grant_id))
+        return answers
 
     async def _grant(
         self, connection: AsyncConnection, new: Grant, on_behalf_of: str = ""
@@ -243,8 +304,7 @@ def _grant_of(row: Row[Any]) -> Grant:
     )
 
 
-async def _write_audit(
-    connection: AsyncConnection,
+def _audit_row(
     *,
     action: str,
     grant: Grant,
@@ -252,29 +312,31 @@ async def _write_audit(
     reason: str,
     actor: str,
     on_behalf_of: str = "",
-) -> None:
-    await connection.execute(
-        audit.insert().values(
-            action=action,
-            provider=grant.source.provider,
-            reference=grant.source.reference,
-            grant_id=uuid.UUID(grant.grant_id),
-            user_id=grant.user_id,
-            entitlement=grant.entitlement,
-            event_id=event_id,
-            reason=reason,
-            actor=actor,
-            details={
-                "purchased_at": grant.purchased_at.isoformat(),
-                "duration_seconds": (
-                    None if grant.duration is None else int(grant.duration.total_seconds())
-                ),
-                "until": None if grant.until is None else grant.until.isoformat(),
-                "lifetime": grant.lifetime,
-                **(_behalf(on_behalf_of, actor) or {}),
-            },
-        )
-    )
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "provider": grant.source.provider,
+        "reference": grant.source.reference,
+        "grant_id": uuid.UUID(grant.grant_id),
+        "user_id": grant.user_id,
+        "entitlement": grant.entitlement,
+        "event_id": event_id,
+        "reason": reason,
+        "actor": actor,
+        "details": {
+            "purchased_at": grant.purchased_at.isoformat(),
+            "duration_seconds": (
+                None if grant.duration is None else int(grant.duration.total_seconds())
+            ),
+            "until": None if grant.until is None else grant.until.isoformat(),
+            "lifetime": grant.lifetime,
+            **(_behalf(on_behalf_of, actor) or {}),
+        },
+    }
+
+
+async def _write_audit(connection: AsyncConnection, **fields: Any) -> None:
+    await connection.execute(audit.insert().values(**_audit_row(**fields)))
 
 
 def _behalf(on_behalf_of: str, actor: str) -> dict[str, str] | None:
@@ -284,8 +346,7 @@ def _behalf(on_behalf_of: str, actor: str) -> dict[str, str] | None:
     return {"on_behalf_of": on_behalf_of}
 
 
-async def _notify(connection: AsyncConnection, action: str, grant: Grant) -> None:
-    """Delivered to every replica's listener when (and only if) the transaction commits."""
+def _change_notice(action: str, grant: Grant) -> str:
     change = entitlements_pb2.EntitlementChange(
         user_id=grant.user_id,
         entitlement=grant.entitlement,
@@ -293,4 +354,9 @@ async def _notify(connection: AsyncConnection, action: str, grant: Grant) -> Non
         grant=wire.grant_message(grant),
         changed_at=wire.timestamp(datetime.now(UTC)),
     )
-    await connection.execute(select(func.pg_notify(CHANGES_CHANNEL, wire.change_notice(change))))
+    return wire.change_notice(change)
+
+
+async def _notify(connection: AsyncConnection, action: str, grant: Grant) -> None:
+    """Delivered to every replica's listener when (and only if) the transaction commits."""
+    await connection.execute(select(func.pg_notify(CHANGES_CHANNEL, _change_notice(action, grant))))
