@@ -2,6 +2,7 @@
 same transaction that records it.
 
     .venv/bin/python -m benchmarks.apply [--events 3000] [--steady-rate 200] [--singles 100]
+        [--old-events 1000000 --old-users 100000]   # as after a year of business
 
 Prints JSON with:
 - floor: one aiohttp process verifying and, in one transaction, recording and granting;
@@ -151,6 +152,56 @@ async def single_purchases(stack: Stack, secret: str, tries: int) -> list[float]
     return visible_after
 
 
+async def seed_a_year(database_url: str, old_events: int, users: int) -> dict[str, float]:
+    """What a year leaves behind: old processed events in the inbox and users with grants,
+    written straight into the tables (a minute of SQL instead of hours of webhooks)."""
+    connection = await asyncpg.connect(database_url)
+    started = time.perf_counter()
+    try:
+        await connection.execute(
+            "INSERT INTO payments.inbox (provider, event_id, event_type, payload, status,"
+            " payment_key, received_at, next_attempt_at, processed_at)"
+            " SELECT 'stripe', 'evt_old_' || g, 'checkout.session.completed',"
+            " convert_to(repeat('x', 1500), 'UTF8'), 'processed', 'pi_old_' || g,"
+            " now() - interval '60 days', now() - interval '60 days', now() - interval '60 days'"
+            " FROM generate_series(1, $1) AS g",
+            old_events,
+        )
+        await connection.execute(
+            "INSERT INTO accounts.users (user_id, telegram_user_id)"
+            " SELECT 'old-' || g, 7000000000 + g FROM generate_series(1, $1) AS g",
+            users,
+        )
+        await connection.execute(
+            "INSERT INTO entitlements.grants (grant_id, provider, reference, user_id,"
+            " entitlement, event_id, purchased_at, duration_seconds)"
+            " SELECT gen_random_uuid(), 'stripe', 'pi_old_' || g, 'old-' || g, 'premium',"
+            " 'stripe:evt_old_' || g, now() - interval '10 days', 2592000"
+            " FROM generate_series(1, $1) AS g",
+            users,
+        )
+        await connection.execute(
+            "INSERT INTO payments.payments (provider, payment_key, user_id, sku, status,"
+            " amount, currency) SELECT 'stripe', 'pi_old_' || g, 'old-' || g, 'premium_30d',"
+            " 'succeeded', 2900, 'usd' FROM generate_series(1, $1) AS g",
+            users,
+        )
+        for table in (
+            "payments.inbox",
+            "payments.payments",
+            "accounts.users",
+            "entitlements.grants",
+        ):
+            await connection.execute(f"ANALYZE {table}")
+    finally:
+        await connection.close()
+    return {
+        "old_events": old_events,
+        "users_with_grants": users,
+        "seeded_in_s": round(time.perf_counter() - started, 1),
+    }
+
+
 async def floor_grants(database_url: str) -> int:
     connection = await asyncpg.connect(database_url)
     try:
@@ -167,12 +218,20 @@ def main() -> None:
     parser.add_argument("--steady-rate", type=float, default=200)
     parser.add_argument("--steady-seconds", type=float, default=10)
     parser.add_argument("--singles", type=int, default=100)
+    parser.add_argument(
+        "--old-events", type=int, default=0, help="processed events already in the inbox"
+    )
+    parser.add_argument("--old-users", type=int, default=0, help="users with grants already")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"events": args.events, "concurrency": args.concurrency}
     with fresh_database() as database_url:
         settings = bench_settings(database_url)
         secret = settings.stripe_webhook_secrets[0]
+        if args.old_events or args.old_users:
+            results["seeded"] = asyncio.run(
+                seed_a_year(plain(database_url), args.old_events, args.old_users)
+            )
         with running_stack(settings) as stack:
             floor_addr = f"127.0.0.1:{free_port()}"
             floor_process = subprocess.Popen(
