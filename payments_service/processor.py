@@ -319,27 +319,28 @@ class Processor:
             for purchase in resolved:
                 await self._count_failure(purchase.event, error)
             return
-        try:
-            outcomes = await self.downstream.grant_many(
-                [
-                    grant_request(
-                        user_id=p.user_id,
-                        sku=p.grant.sku,
-                        provider=p.grant.provider,
-                        payment_key=p.grant.payment_key,
-                        event_id=f"{p.event.provider}:{p.event.event_id}",
-                        purchased_at=p.grant.purchased_at,
-                        until=p.grant.until,
-                    )
-                    for p in to_grant
-                ]
-            )
-        except Exception as error:
-            for purchase in to_grant:
-                await self._count_failure(purchase.event, error)
-            outcomes = None
+        outcomes: list[Exception | None] = []
+        if to_grant:
+            try:
+                outcomes = await self.downstream.grant_many(
+                    [
+                        grant_request(
+                            user_id=p.user_id,
+                            sku=p.grant.sku,
+                            provider=p.grant.provider,
+                            payment_key=p.grant.payment_key,
+                            event_id=f"{p.event.provider}:{p.event.event_id}",
+                            purchased_at=p.grant.purchased_at,
+                            until=p.grant.until,
+                        )
+                        for p in to_grant
+                    ]
+                )
+            except Exception as error:
+                for purchase in to_grant:
+                    await self._count_failure(purchase.event, error)
         finished: list[tuple[Event, str, str, str | None]] = []
-        for purchase, outcome in zip(to_grant, outcomes or [], strict=False):
+        for purchase, outcome in zip(to_grant, outcomes, strict=False):
             if outcome is not None:
                 await self._count_failure(purchase.event, outcome)
             else:
