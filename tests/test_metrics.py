@@ -14,7 +14,7 @@ from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
-from tests.payments.helpers import post_stripe, wait_settled
+from tests.payments.helpers import eventually, post_stripe, wait_settled
 from tests.stack import Stack
 
 
@@ -50,17 +50,20 @@ async def test_grpc_metrics_count_each_rpc_by_method_and_code(stack: Stack) -> N
             )
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    after = await scrape(url)
     labels = {"service": "entitlements", "method": "CheckEntitlement"}
-    assert (
-        value(after, handled, **labels, code="OK") - value(before, handled, **labels, code="OK")
-        == 3
+
+    def counted(samples: dict, code: str) -> float:  # type: ignore[type-arg]
+        return value(samples, handled, **labels, code=code) - value(
+            before, handled, **labels, code=code
+        )
+
+    # The server counts a call as its answer leaves: wait for the count, then compare.
+    after = await eventually(
+        lambda: scrape(url),
+        lambda samples: counted(samples, "OK") >= 3 and counted(samples, "INVALID_ARGUMENT") >= 1,
     )
-    assert (
-        value(after, handled, **labels, code="INVALID_ARGUMENT")
-        - value(before, handled, **labels, code="INVALID_ARGUMENT")
-        == 1
-    )
+    assert counted(after, "OK") == 3
+    assert counted(after, "INVALID_ARGUMENT") == 1
     assert value(after, "paylayer_grpc_server_handling_seconds_count", **labels) >= 4
 
 
@@ -150,13 +153,16 @@ async def test_accounts_metrics_count_its_rpcs(stack: Stack) -> None:
             await stub.ResolveUser(accounts_pb2.ResolveUserRequest(telegram_user_id=unknown))
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.NOT_FOUND
-    after = await scrape(url)
-    assert (
-        value(after, handled, **labels, code="OK") - value(before, handled, **labels, code="OK")
-        == 2
+
+    def counted(samples: dict, code: str) -> float:  # type: ignore[type-arg]
+        return value(samples, handled, **labels, code=code) - value(
+            before, handled, **labels, code=code
+        )
+
+    # The server counts a call as its answer leaves: wait for the count, then compare.
+    after = await eventually(
+        lambda: scrape(url),
+        lambda samples: counted(samples, "OK") >= 2 and counted(samples, "NOT_FOUND") >= 1,
     )
-    assert (
-        value(after, handled, **labels, code="NOT_FOUND")
-        - value(before, handled, **labels, code="NOT_FOUND")
-        == 1
-    )
+    assert counted(after, "OK") == 2
+    assert counted(after, "NOT_FOUND") == 1
