@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +32,9 @@ BACKGROUND_IN_FLIGHT_LIMIT = 64
 BACKGROUND_DEADLINE_SECONDS = 10.0
 # On shutdown, copies still on their way get this long before they are abandoned.
 BACKGROUND_DRAIN_SECONDS = 2.0
+# After a copy finds the bot unreachable, copies are dropped unsent this long: a dead bot
+# costs the gateway no connection attempt (nor log line) per payment.
+BOT_DOWN_PAUSE_SECONDS = 1.0
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
@@ -55,6 +59,8 @@ class BotForwarder:
         self.url = url
         self.secret = secret
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.copies_paused_until = 0.0
+        self.drops_logged_at = 0.0
 
     def _post(self, body: bytes, deadline: float) -> Any:
         return self.session.post(
@@ -81,14 +87,21 @@ class BotForwarder:
             log.warning("bot unreachable: %s", type(error).__name__)
             return web.json_response({"error": "bot unreachable"}, status=502)
         BOT_FORWARDS.labels("relay", "answered" if status < 400 else "bot_error").inc()
+        self.copies_paused_until = 0.0  # it answered: it is up again
         headers = {"Content-Type": content_type} if content_type else None
         return web.Response(status=status, body=content, headers=headers)
 
     def copy_later(self, body: bytes) -> None:
         """Send the bot a copy of a payment update without anyone waiting for it."""
+        if time.monotonic() < self.copies_paused_until:
+            BOT_FORWARDS.labels("copy", "bot_down").inc()
+            return
         if len(self.in_flight) >= BACKGROUND_IN_FLIGHT_LIMIT:
             BOT_FORWARDS.labels("copy", "dropped").inc()
-            log.warning("bot copy dropped: %d copies already on their way", len(self.in_flight))
+            # Once a second at most: a slow bot under a burst would otherwise flood the log.
+            if time.monotonic() - self.drops_logged_at >= 1.0:
+                self.drops_logged_at = time.monotonic()
+                log.warning("bot copies dropped: %d already on their way", len(self.in_flight))
             return
         task = asyncio.create_task(self._copy(body))
         self.in_flight.add(task)
@@ -103,7 +116,13 @@ class BotForwarder:
             outcome = "timeout"
         except aiohttp.ClientError as error:
             outcome = "unreachable"
-            log.warning("bot copy not delivered: %s", type(error).__name__)
+            if time.monotonic() >= self.copies_paused_until:
+                log.warning(
+                    "bot unreachable (%s): copies dropped for %.0f s",
+                    type(error).__name__,
+                    BOT_DOWN_PAUSE_SECONDS,
+                )
+            self.copies_paused_until = time.monotonic() + BOT_DOWN_PAUSE_SECONDS
         BOT_FORWARDS.labels("copy", outcome).inc()
 
     async def drain(self) -> None:

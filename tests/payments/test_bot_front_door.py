@@ -150,6 +150,9 @@ async def test_a_stars_payment_is_granted_and_the_bot_gets_a_copy_afterwards(
     engine: AsyncEngine,
 ) -> None:
     buyer = new_buyer()
+    # The buyer talked to the bot first; its answer also tells the gateway the bot is up (after
+    # an outage copies pause for a second).
+    assert (await post_telegram(http, bot_stack, start_command(buyer)))[0] == 200
     bot.reply = {"method": "sendMessage", "chat_id": buyer, "text": "ignored"}
     update = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
 
