@@ -65,8 +65,10 @@ def bench_settings(database_url: str) -> Settings:
 
 
 @contextmanager
-def running_stack(settings: Settings) -> Iterator[Stack]:
-    stack = make_stack(settings, Path(tempfile.mkdtemp(prefix="paylayer-bench-logs-")))
+def running_stack(settings: Settings, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    stack = make_stack(
+        settings, Path(tempfile.mkdtemp(prefix="paylayer-bench-logs-")), extra_env=extra_env
+    )
     try:
         stack.start_all()
         stack.wait_until_up()

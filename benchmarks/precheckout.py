@@ -1,9 +1,14 @@
 """Pre-checkout answers: how fast the gateway answers Telegram's pre_checkout_query.
 
     .venv/bin/python -m benchmarks.precheckout [--queries 3000] [--concurrency 32]
+        [--bot none|slow|down] [--bot-delay 3]
 
-Each query goes through the real gateway and payments (validation against the catalogue,
-recorded in the inbox) and its answer comes back in the webhook reply. Prints JSON.
+Each query goes through the real gateway and payments (validation against the catalogue)
+and its answer comes back in the webhook reply. Prints JSON.
+
+With `--bot`, the gateway has a bot behind it (`BOT_UPDATES_URL`) that answers each update
+only after `--bot-delay` seconds (`slow`) or that nothing listens for (`down`): the gateway
+copies every query to that bot, and the answers must not wait on it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import aiohttp
 from benchmarks.harness import bench_settings, fresh_database, run_load, running_stack
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import telegram_update
-from tests.stack import Stack
+from tests.fakes.bot_backend import FakeBotBackend
+from tests.stack import Stack, free_port
 
 BAR_P99_MS = 50
 
@@ -59,11 +65,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--bot", choices=["none", "slow", "down"], default="none")
+    parser.add_argument("--bot-delay", type=float, default=3.0, help="seconds, with --bot slow")
     args = parser.parse_args()
-    with fresh_database() as database_url, running_stack(bench_settings(database_url)) as stack:
-        result = asyncio.run(measure(stack, args.queries, args.concurrency))
+    bot = FakeBotBackend(delay=args.bot_delay)
+    extra_env = {}
+    if args.bot != "none":
+        # Down: a port nothing listens on, so every copy is refused at once.
+        url = bot.url if args.bot == "slow" else f"http://127.0.0.1:{free_port()}/updates"
+        extra_env = {"BOT_UPDATES_URL": url, "BOT_UPDATES_SECRET": secrets.token_urlsafe(16)}
+    if args.bot == "slow":
+        bot.start()
+    try:
+        with (
+            fresh_database() as database_url,
+            running_stack(bench_settings(database_url), extra_env) as stack,
+        ):
+            result = asyncio.run(measure(stack, args.queries, args.concurrency))
+    finally:
+        bot.stop()
     result.update(
         concurrency=args.concurrency,
+        bot=args.bot if args.bot != "slow" else f"slow ({args.bot_delay:g} s)",
+        bot_saw=len(bot.received),
         bar={
             "p99_at_most_50_ms": result["p99_ms"] <= BAR_P99_MS,
             "all_accepted": result["failures"] == 0,

@@ -21,6 +21,7 @@ def main() -> None:
     try:
         settings = Settings.from_env()
         settings.require("STRIPE_WEBHOOK_SECRETS", "TELEGRAM_WEBHOOK_SECRET", "INTERNAL_TOKEN")
+        settings.check_bot_updates()
     except ConfigError as error:
         print(f"gateway: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,6 +11,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import metrics
+from gateway.bot_forward import bot_forwarder
 from gateway.keys import PAYMENTS, PAYMENTS_CHANNEL, PAYMENTS_HEALTH, SETTINGS
 from gateway.stripe_webhook import stripe_webhook
 from gateway.telegram_webhook import telegram_webhook
@@ -71,6 +72,7 @@ def init_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[metrics.middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_payments_channel)
+    app.cleanup_ctx.append(bot_forwarder)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/v1/stripe/webhook", stripe_webhook)

@@ -29,6 +29,12 @@ WEBHOOK_REJECTIONS = Counter(
     ["provider", "reason"],
     registry=REGISTRY,
 )
+BOT_FORWARDS = Counter(
+    "paylayer_gateway_bot_forwards_total",
+    "Updates sent on to the bot: relayed (Telegram waits) or copied (payments), by outcome.",
+    ["mode", "outcome"],
+    registry=REGISTRY,
+)
 
 
 @web.middleware

@@ -1,7 +1,8 @@
-"""POST /api/v1/telegram/webhook: check the secret token, hand the update to payments.
+"""POST /api/v1/telegram/webhook: check the secret token, hand the update to payments or the bot.
 
 A pre-checkout query is answered in the response body (Telegram's webhook reply), so the
-answer costs no extra round trip and always comes well inside Telegram's 10 s.
+answer costs no extra round trip and always comes well inside Telegram's 10 s. Every other
+update belongs to the product's bot (`gateway.bot_forward`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import grpc
 from aiohttp import web
 
-from gateway.keys import PAYMENTS, SETTINGS
+from gateway.bot_forward import is_payment_update
+from gateway.keys import BOT_FORWARDER, PAYMENTS, SETTINGS
 from gateway.metrics import WEBHOOK_REJECTIONS
 from paylayer.logs import request_id_var
 from protos.payments.v1 import payments_pb2
@@ -59,6 +61,11 @@ async def telegram_webhook(request: web.Request) -> web.Response:
         return web.json_response({"error": "body is not a Telegram update"}, status=400)
 
     request_id_var.set(f"telegram:{update['update_id']}")
+    forwarder = request.app[BOT_FORWARDER]
+    if not is_payment_update(update):
+        if forwarder is None:
+            return web.json_response({"ok": True})
+        return await forwarder.relay(body)
     query = update.get("pre_checkout_query")
     try:
         reply = await request.app[PAYMENTS].HandleTelegramUpdate(
@@ -74,6 +81,9 @@ async def telegram_webhook(request: web.Request) -> web.Response:
             # Never leave the buyer waiting: a clear "no" now beats Telegram's timeout.
             return _pre_checkout_reply(query["id"], False, TRY_AGAIN)
         return web.json_response({"error": "not recorded, retry later"}, status=503)
+    if forwarder is not None:
+        # Recorded (or answered) first; the bot's copy never delays Telegram's answer.
+        forwarder.copy_later(body)
     if reply.HasField("event"):
         log.info("recorded %s%s", reply.event.event_type, " (duplicate)" if reply.duplicate else "")
     if reply.HasField("pre_checkout"):

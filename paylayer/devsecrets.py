@@ -16,7 +16,10 @@ GENERATED = {
     "STRIPE_WEBHOOK_SECRETS": lambda: "whsec_" + secrets.token_hex(24),
     "TELEGRAM_WEBHOOK_SECRET": lambda: secrets.token_urlsafe(24),
     "TELEGRAM_BOT_TOKEN": lambda: f"{secrets.randbelow(10**9)}:DEV{secrets.token_urlsafe(24)}",
+    "BOT_UPDATES_SECRET": lambda: secrets.token_urlsafe(24),
 }
+# Generated only when the setting they go with is given: no bot, no bot secret to print.
+NEEDED_ONLY_WITH = {"BOT_UPDATES_SECRET": "BOT_UPDATES_URL"}
 
 
 def _read(path: Path) -> dict[str, str]:
@@ -43,7 +46,8 @@ def ensure_dev_secrets(env: dict[str, str]) -> dict[str, str]:
     stored = _read(DEV_ENV_FILE)
     generated = {}
     for name, make in GENERATED.items():
-        if env.get(name):
+        needs = NEEDED_ONLY_WITH.get(name)
+        if env.get(name) or (needs is not None and not env.get(needs)):
             continue
         generated[name] = stored.get(name) or make()
     caller_tokens, cli_token = complete_caller_tokens(

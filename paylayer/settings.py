@@ -96,6 +96,9 @@ class Settings:
     telegram_webhook_secret: str = ""
     telegram_bot_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
+    # The product's bot behind the gateway: where non-payment updates go, and its secret.
+    bot_updates_url: str = ""
+    bot_updates_secret: str = ""
     internal_token: str = ""
     # `name:token` pairs (or `name:sha256=<hex>`): who may call this process's gRPC server.
     caller_tokens: str = ""
@@ -134,6 +137,8 @@ class Settings:
             telegram_webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET", ""),
             telegram_bot_token=env.get("TELEGRAM_BOT_TOKEN", ""),
             telegram_api_base=env.get("TELEGRAM_API_BASE", cls.telegram_api_base).rstrip("/"),
+            bot_updates_url=env.get("BOT_UPDATES_URL", "").strip(),
+            bot_updates_secret=env.get("BOT_UPDATES_SECRET", ""),
             internal_token=env.get("INTERNAL_TOKEN", ""),
             caller_tokens=env.get("CALLER_TOKENS", ""),
             grpc_tls_cert=env.get("GRPC_TLS_CERT", ""),
@@ -157,6 +162,15 @@ class Settings:
         if missing:
             raise ConfigError(f"missing required settings: {', '.join(missing)}")
 
+    def check_bot_updates(self) -> None:
+        """A bot URL needs its secret: the bot must be able to tell us from anyone else."""
+        if not self.bot_updates_url:
+            return
+        if urlsplit(self.bot_updates_url).scheme not in ("http", "https"):
+            raise ConfigError("BOT_UPDATES_URL must be an http:// or https:// URL")
+        if not self.bot_updates_secret:
+            raise ConfigError("BOT_UPDATES_URL is set but BOT_UPDATES_SECRET is not")
+
     def listen_address(self, service: str) -> str:
         return self.listen_addr or DEFAULT_ADDRS[service]
 
@@ -170,6 +184,7 @@ class Settings:
             self.stripe_api_key,
             self.telegram_webhook_secret,
             self.telegram_bot_token,
+            self.bot_updates_secret,
             self.internal_token,
             *caller_token_values(self.caller_tokens),
             *database_passwords(self.database_url),

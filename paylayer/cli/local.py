@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paylayer import processes
+from paylayer.cli.bot_webhook import describe_webhook, webhook_state
 from paylayer.cli.common import UserError, add_json_flag, print_json, settings
 from paylayer.devsecrets import DEV_DIR, ensure_dev_secrets, remember
 from paylayer.migrations import SERVICES, upgrade
@@ -119,11 +120,20 @@ def health(args: argparse.Namespace) -> int:
     config = settings()
     gateway_addr = os.environ.get("GATEWAY_ADDR", DEFAULT_ADDRS["gateway"])
     statuses = asyncio.run(check_all(config, gateway_addr, args.services))
+    # Only in the full check: a per-service check (compose's health checks) must not ask
+    # Telegram every few seconds. Shown, never counted: Telegram's view is not our health.
+    webhook = (
+        asyncio.run(webhook_state(config))
+        if config.telegram_bot_token and not args.services
+        else None
+    )
     if args.json:
-        print_json(statuses)
+        print_json(statuses if webhook is None else {**statuses, "telegram_webhook": webhook})
     else:
         for name, status in statuses.items():
             print(f"{name:<13} {status}")
+        if webhook is not None:
+            print(f"{'webhook':<13} {describe_webhook(webhook)}")
     return 0 if all_up(statuses) else 1
 
 

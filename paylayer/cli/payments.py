@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from paylayer.cli import bot_webhook
 from paylayer.cli.common import (
     UserError,
     add_json_flag,
@@ -97,6 +98,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     refund.add_argument("charge_id")
     add_json_flag(refund)
     refund.set_defaults(run=refund_payment)
+    bot_webhook.register(telegram)
 
 
 def list_events(args: argparse.Namespace) -> int:

@@ -6,11 +6,13 @@ It runs in a thread of its own, so it serves while tests block, and records ever
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from tests.stack import free_port
 
@@ -23,6 +25,10 @@ class FakeBotApi:
     # What getStarTransactions pages through, newest last, as Telegram's StarTransaction.
     transactions: list[dict[str, Any]] = field(default_factory=list)
     refunded: set[str] = field(default_factory=set)
+    # The webhook as setWebhook left it, and what getWebhookInfo reports about its deliveries.
+    webhook: dict[str, Any] = field(default_factory=dict)
+    pending_update_count: int = 0
+    last_error_message: str = ""
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
 
@@ -35,6 +41,8 @@ class FakeBotApi:
         self.calls.clear()
         self.transactions.clear()
         self.refunded.clear()
+        self.webhook.clear()
+        self.pending_update_count, self.last_error_message = 0, ""
 
     def calls_of(self, method: str) -> list[dict[str, Any]]:
         return [params for name, params in self.calls if name == method]
@@ -75,6 +83,24 @@ class FakeBotApi:
                     status=400,
                 )
             return web.json_response({"ok": True, "result": True})
+        if method == "setWebhook":
+            problem = set_webhook_problem(params)
+            if problem:
+                return _bad_request(problem)
+            self.webhook = dict(params)
+            return web.json_response({"ok": True, "result": True, "description": "Webhook was set"})
+        if method == "getWebhookInfo":
+            info: dict[str, Any] = {
+                "url": self.webhook.get("url", ""),
+                "has_custom_certificate": False,
+                "pending_update_count": self.pending_update_count,
+            }
+            if self.webhook.get("allowed_updates"):
+                info["allowed_updates"] = self.webhook["allowed_updates"]
+            if self.last_error_message:
+                info["last_error_date"] = 1_760_000_000
+                info["last_error_message"] = self.last_error_message
+            return web.json_response({"ok": True, "result": info})
         if method == "getStarTransactions":
             offset, limit = int(params.get("offset", 0)), int(params.get("limit", 100))
             page = self.transactions[offset : offset + limit]
@@ -103,3 +129,65 @@ class FakeBotApi:
         if self._loop is not None and self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+# Update types allowed_updates may name (the Update object's optional fields). Stricter than
+# Telegram, which drops a name it does not know: a typo there would lose updates unseen.
+UPDATE_TYPES = frozenset(
+    "message edited_message channel_post edited_channel_post business_connection "
+    "business_message edited_business_message deleted_business_messages message_reaction "
+    "message_reaction_count inline_query chosen_inline_result callback_query shipping_query "
+    "pre_checkout_query purchased_paid_media poll poll_answer my_chat_member chat_member "
+    "chat_join_request chat_boost removed_chat_boost".split()
+)
+# secret_token: 1-256 characters, only A-Z, a-z, 0-9, _ and -.
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+WEBHOOK_PORTS = {443, 80, 88, 8443}
+
+
+def _bad_request(description: str) -> web.Response:
+    return web.json_response(
+        {"ok": False, "error_code": 400, "description": f"Bad Request: {description}"}, status=400
+    )
+
+
+def set_webhook_problem(params: dict[str, Any]) -> str | None:
+    """What Telegram would refuse in a setWebhook call, as it documents its parameters."""
+    known = {
+        "url",
+        "certificate",
+        "ip_address",
+        "max_connections",
+        "allowed_updates",
+        "drop_pending_updates",
+        "secret_token",
+    }
+    if set(params) - known:
+        return f"unknown parameters {sorted(set(params) - known)}"
+    url = params.get("url")
+    if not isinstance(url, str):
+        return "url is required"
+    if url:  # an empty url removes the webhook
+        parsed = URL(url)
+        if parsed.scheme != "https" or not parsed.host:
+            return "bad webhook: An HTTPS URL must be provided for webhook"
+        if parsed.port not in WEBHOOK_PORTS:
+            return "bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443"
+    secret = params.get("secret_token")
+    if secret is not None and not (isinstance(secret, str) and SECRET_TOKEN.fullmatch(secret)):
+        return "secret token contains unallowed characters"
+    allowed = params.get("allowed_updates")
+    if allowed is not None and not (
+        isinstance(allowed, list) and all(isinstance(a, str) for a in allowed)
+    ):
+        return "can't parse allowed updates"
+    unknown = set(allowed or []) - UPDATE_TYPES
+    if unknown:
+        return f"unknown update types {sorted(unknown)}"
+    connections = params.get("max_connections")
+    if connections is not None and not (isinstance(connections, int) and 1 <= connections <= 100):
+        return "max_connections must be 1-100"
+    drop = params.get("drop_pending_updates")
+    if drop is not None and not isinstance(drop, bool):
+        return "drop_pending_updates must be a Boolean"
+    return None
