@@ -3,6 +3,7 @@ same transaction that records it.
 
     .venv/bin/python -m benchmarks.apply [--events 3000] [--steady-rate 200] [--singles 100]
         [--old-events 1000000 --old-users 100000]   # as after a year of business
+        [--checks]   # CheckEntitlement quiet, then while a burst is applied
 
 Prints JSON with:
 - floor: one aiohttp process verifying and, in one transaction, recording and granting;
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import random
 import secrets
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from benchmarks.check import drive
 from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
 from benchmarks.webhooks import deliveries, send_all, wait_http
 from paylayer.catalogue import load_catalogue
@@ -202,6 +206,50 @@ async def seed_a_year(database_url: str, old_events: int, users: int) -> dict[st
     }
 
 
+def _burst(url: str, secret: str, events: int) -> None:
+    """A burst of purchases from another process (spawned), so it competes for the cores as
+    Stripe would, not for this process's event loop."""
+    asyncio.run(send_all(url, deliveries(events, secret, 0.2), 32))
+
+
+async def checks(stack: Stack, seconds: float) -> dict[str, float]:
+    """CheckEntitlement from 32 callers for `seconds`, over users of the burst's kind."""
+    token = stack.settings.internal_token
+    async with open_channel(stack.addrs["entitlements"], token) as channel:
+        stub = entitlements_pb2_grpc.EntitlementsServiceStub(channel)
+        users = [f"check-{secrets.token_hex(4)}" for _ in range(500)]
+        requests = [
+            entitlements_pb2.CheckEntitlementRequest(user_id=user, entitlement="premium")
+            for user in users
+        ]
+        for request in requests:  # warm: the figures are of the cache's steady state
+            await stub.CheckEntitlement(request, timeout=5)
+        return await drive(
+            lambda: stub.CheckEntitlement(random.choice(requests), timeout=1),
+            32,
+            seconds,
+            stack.processes["entitlements"].pid,
+        )
+
+
+def checks_while_applying(stack: Stack, secret: str, events: int) -> dict[str, Any]:
+    quiet = asyncio.run(checks(stack, 5))
+    sender = multiprocessing.get_context("spawn").Process(
+        target=_burst, args=(f"{stack.gateway_url}/api/v1/stripe/webhook", secret, events)
+    )
+    sender.start()
+    try:
+        time.sleep(1.5)  # the burst under way, and its applying with it
+        busy = asyncio.run(checks(stack, 5))
+    finally:
+        sender.join()
+    return {
+        "quiet": quiet,
+        "during_burst": busy,
+        "ratio": round(busy["calls_per_second"] / quiet["calls_per_second"], 3),
+    }
+
+
 async def floor_grants(database_url: str) -> int:
     connection = await asyncpg.connect(database_url)
     try:
@@ -222,6 +270,9 @@ def main() -> None:
         "--old-events", type=int, default=0, help="processed events already in the inbox"
     )
     parser.add_argument("--old-users", type=int, default=0, help="users with grants already")
+    parser.add_argument(
+        "--checks", action="store_true", help="also CheckEntitlement, quiet and during a burst"
+    )
     args = parser.parse_args()
 
     results: dict[str, Any] = {"events": args.events, "concurrency": args.concurrency}
@@ -277,6 +328,8 @@ def main() -> None:
                 }
                 singles = asyncio.run(single_purchases(stack, secret, args.singles))
                 results["single_purchase_visible_after_200"] = spread_ms(singles)
+                if args.checks:
+                    results["checks"] = checks_while_applying(stack, secret, 2 * args.events)
             finally:
                 floor_process.terminate()
                 floor_process.wait()
@@ -295,6 +348,12 @@ def main() -> None:
         "steady_p99_at_most_1_s": results["steady"]["receipt_to_applied"]["p99_ms"] <= 1000,
         "single_p50_at_most_50_ms": results["single_purchase_visible_after_200"]["p50_ms"] <= 50,
     }
+    if "checks" in results:
+        busy = results["checks"]["during_burst"]
+        results["bar"]["checks_during_burst_at_least_0_8_of_quiet"] = (
+            results["checks"]["ratio"] >= 0.8
+        )
+        results["bar"]["checks_during_burst_p99_at_most_15_ms"] = busy["p99_ms"] <= 15
     print(json.dumps(results, indent=2))
 
 
