@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.migrations import SERVICES, service_metadata
+from paylayer.migrations import SERVICES, alembic_config, service_metadata, upgrade
+from tests.conftest import fresh_database
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -46,3 +51,30 @@ async def test_version_table_lives_in_the_services_own_schema(
         schemas = set(await connection.scalars(VERSION_TABLE_SCHEMAS))
     assert service in schemas
     assert "public" not in schemas
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_migration_downgrades_to_nothing_and_upgrades_again(
+    admin_database_url: str, service: str
+) -> None:
+    """A release can be rolled back: each tree goes down to base and up to head again, on a
+    database of its own, and ends where the code says."""
+    with fresh_database(admin_database_url) as url:
+        command.downgrade(alembic_config(service, url), "base")
+
+        async def tables_left() -> set[str]:
+            connection = await asyncpg.connect(url)
+            try:
+                rows = await connection.fetch(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = $1"
+                    " AND table_name <> 'alembic_version'",
+                    service,
+                )
+                return {row["table_name"] for row in rows}
+            finally:
+                await connection.close()
+
+        assert asyncio.run(tables_left()) == set()
+        upgrade(service, url)
+        in_code = {name.split(".", 1)[1] for name in service_metadata(service).tables}
+        assert asyncio.run(tables_left()) == in_code
