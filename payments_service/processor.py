@@ -276,8 +276,7 @@ class Processor:
         try:
             payers = await self.downstream.resolve_payers([p.grant.payer for p in purchases])
         except Exception as error:
-            for purchase in purchases:
-                await self._count_failure(purchase.event, error)
+            await self._batch_failed(purchases, error)
             return
         resolved: list[_Purchase] = []
         for purchase, payer in zip(purchases, payers, strict=True):
@@ -316,8 +315,7 @@ class Processor:
                     connection, [_ledger_row(p.grant, p.user_id) for p in to_grant]
                 )
         except Exception as error:
-            for purchase in resolved:
-                await self._count_failure(purchase.event, error)
+            await self._batch_failed(resolved, error)
             return
         outcomes: list[Exception | None] = []
         if to_grant:
@@ -337,8 +335,7 @@ class Processor:
                     ]
                 )
             except Exception as error:
-                for purchase in to_grant:
-                    await self._count_failure(purchase.event, error)
+                await self._batch_failed(to_grant, error)
         finished: list[tuple[Event, str, str, str | None]] = []
         for purchase, outcome in zip(to_grant, outcomes, strict=False):
             if outcome is not None:
@@ -352,6 +349,18 @@ class Processor:
                 note = f"payment of invoice {paid_invoices[key]}: the invoice grants"
                 finished.append((purchase.event, "ignored", note, key))
         await self._finish(finished)
+
+    async def _batch_failed(self, purchases: list[_Purchase], error: Exception) -> None:
+        """A step failed for the whole batch. A downstream away is every purchase's problem:
+        each is retried. Anything else may be one purchase's fault (a value the database
+        refuses): each is then applied alone, so it cannot fail the others."""
+        if isinstance(error, Retryable) or len(purchases) == 1:
+            for purchase in purchases:
+                await self._count_failure(purchase.event, error)
+            return
+        log.warning("a batch of %d failed (%r); applying each alone", len(purchases), error)
+        for purchase in purchases:
+            await self._apply_one(purchase.event, purchase.grant)
 
     async def _finish(self, finished: list[tuple[Event, str, str, str | None]]) -> None:
         try:
