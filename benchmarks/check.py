@@ -29,7 +29,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,18 +51,13 @@ from entitlements_service.server import compose  # noqa: E402
 from entitlements_service.tables import grants  # noqa: E402
 from paylayer.embedded_pg import start_embedded, with_database  # noqa: E402
 from paylayer.migrations import upgrade  # noqa: E402
+from paylayer.processes import free_port  # noqa: E402
 from paylayer.settings import Settings  # noqa: E402
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc  # noqa: E402
 
 DEADLINE_SECONDS = 2.0
 BAR_RATIO = 0.7
 BAR_P99_MS = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def serve_bare_health(port: int) -> None:

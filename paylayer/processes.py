@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +28,27 @@ MODULES = {
     "gateway": "gateway",
 }
 GRPC_SERVICES = ("accounts", "entitlements", "payments")
+
+
+# Ports handed out by `free_port` are below Linux's ephemeral range (32768 and up), so an
+# outgoing connection cannot take one between the probe and the server's own bind.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on, not handed out before by this process."""
+    while True:
+        port = random.randint(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -14,15 +13,10 @@ from typing import Any
 
 from paylayer import processes
 from paylayer.cli.local import all_up, check_all
+from paylayer.processes import free_port
 from paylayer.settings import Settings
 
 SERVICE_MODULES = processes.MODULES
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

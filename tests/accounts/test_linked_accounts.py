@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from dataclasses import replace
 
@@ -11,6 +10,7 @@ import grpc
 import pytest
 
 from accounts_service.server import build as build_accounts
+from paylayer.processes import free_port
 from paylayer.settings import Settings
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2_grpc
@@ -279,17 +279,11 @@ async def test_linking_for_an_unknown_user_is_not_found(accounts: Stub) -> None:
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_with_entitlements_down_linking_is_unavailable_never_allowed(
     settings: Settings, accounts: Stub
 ) -> None:
     user_id = await new_user(accounts)
-    cut_off = replace(settings, entitlements_addr=f"127.0.0.1:{_closed_port()}")
+    cut_off = replace(settings, entitlements_addr=f"127.0.0.1:{free_port()}")
 
     async with (
         serving(build_accounts(cut_off)) as addr,

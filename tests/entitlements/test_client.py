@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from dataclasses import replace
 from datetime import UTC
@@ -14,15 +13,10 @@ from prometheus_client import REGISTRY
 
 from entitlements_service.client import EntitlementsClient, expires_at
 from entitlements_service.server import build
+from paylayer.processes import free_port
 from paylayer.settings import Settings
 from tests.entitlements.conftest import DAY, new_user, paid, revoke_of
 from tests.grpc_helpers import serving
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_grant_check_and_revoke_through_the_client(
@@ -43,7 +37,7 @@ async def test_grant_check_and_revoke_through_the_client(
 async def test_a_call_made_while_the_server_is_starting_succeeds_by_retrying(
     settings: Settings,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     async with EntitlementsClient(
         f"127.0.0.1:{port}", settings.internal_token, deadline=6.0, attempts=10
     ) as client:
@@ -79,7 +73,7 @@ async def test_an_invalid_argument_is_not_retried(
 
 async def test_a_call_to_nobody_gives_up_instead_of_hanging(settings: Settings) -> None:
     async with EntitlementsClient(
-        f"127.0.0.1:{_free_port()}", settings.internal_token, deadline=0.5
+        f"127.0.0.1:{free_port()}", settings.internal_token, deadline=0.5
     ) as client:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             # Generous: only a client that never gives up fails this.
@@ -149,7 +143,7 @@ async def test_a_service_without_its_database_answers_unavailable_so_callers_ret
     settings: Settings,
 ) -> None:
     unreachable = replace(
-        settings, database_url=f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere"
+        settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     )
     async with (
         serving(build(unreachable)) as addr,
