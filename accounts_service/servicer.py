@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import cast
 
@@ -13,11 +12,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from accounts_service import rules
 from accounts_service.store import IDENTITY_LABELS, AccountsStore, IdentityKind
 from accounts_service.tiers import TierCaps
+from paylayer import validation
 from paylayer.callers import MAY_CREATE_USERS, caller_var
 from paylayer.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
-MAX_TEXT_LENGTH = 255
 MAX_EMAIL_LENGTH = 254  # the longest address SMTP can carry
 MAX_BATCH = 500
 
@@ -35,35 +34,26 @@ log = logging.getLogger(__name__)
 
 
 def _user_id(value: str) -> str:
-    """Internal ids are UUIDs; the canonical spelling, so one user never has two."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument("user_id must be a UUID") from None
+    return validation.uuid_text("user_id", value)
 
 
 def _text(name: str, value: str, *, required: bool) -> str:
-    value = value.strip()
-    if required and not value:
+    """Stored stripped: a label or a server name typed with a stray space is the same one."""
+    stripped = validation.text(name, value).strip()
+    if required and not stripped:
         raise InvalidArgument(f"{name} is required")
-    if len(value) > MAX_TEXT_LENGTH:
-        raise InvalidArgument(f"{name} is longer than {MAX_TEXT_LENGTH} characters")
-    return value
+    return stripped
 
 
 def _login(value: int) -> int:
-    if value <= 0:
-        raise InvalidArgument("login must be a positive MT5 login")
-    return value
+    return validation.positive("login", value)
 
 
 def _identity(kind: str, value: str | int) -> str | int:
     """Check one identity and give the form it is stored in."""
     if kind == "telegram_user_id":
         assert isinstance(value, int)
-        if value <= 0:
-            raise InvalidArgument("telegram_user_id must be positive")
-        return value
+        return validation.positive("telegram_user_id", value)
     assert isinstance(value, str)
     if kind == "stripe_customer_id":
         customer = _text("stripe_customer_id", value, required=True)
@@ -72,7 +62,7 @@ def _identity(kind: str, value: str | int) -> str | int:
         return customer
     if kind == "email":
         # Addresses are compared case-insensitively in practice; store one spelling.
-        email = value.strip().lower()
+        email = validation.text("email", value).strip().lower()
         local, at, domain = email.partition("@")
         if not (local and at and domain) or len(email) > MAX_EMAIL_LENGTH or " " in email:
             raise InvalidArgument("email is not an email address")
@@ -94,12 +84,13 @@ def _snapshot(request: accounts_pb2.ReportAccountSnapshotRequest) -> rules.Snaps
     if not request.HasField("time"):
         raise InvalidArgument("time is required: snapshots are ordered by it")
     snapshot = rules.Snapshot(
-        time=request.time.ToDatetime(tzinfo=UTC),
-        balance=request.balance,
-        equity=request.equity,
-        margin=request.margin,
-        free_margin=request.free_margin,
-        margin_level=request.margin_level,
+        time=validation.moment("time", request.time),
+        balance=validation.amount("balance", request.balance),
+        equity=validation.amount("equity", request.equity),
+        margin=validation.amount("margin", request.margin),
+        # Equity minus margin: below zero when the margin is more than the equity.
+        free_margin=validation.amount("free_margin", request.free_margin, may_be_negative=True),
+        margin_level=validation.amount("margin_level", request.margin_level),
         currency=_text("currency", request.currency, required=False).upper(),
         leverage=request.leverage,
     )

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements_service import rules, wire
 from entitlements_service.cache import CheckCache
@@ -16,6 +15,7 @@ from entitlements_service.feed import ChangeFeed
 from entitlements_service.metrics import CHECK_CACHE_HITS, CHECK_CACHE_MISSES, GRANTS, REVOKES
 from entitlements_service.rules import Grant, Source
 from entitlements_service.store import EntitlementStore, Revocation
+from paylayer import validation
 from paylayer.callers import GRANTS_LIMITED_TO, caller_var
 from paylayer.errors import DomainError, InvalidArgument, PermissionDenied
 from paylayer.logs import request_id_var
@@ -23,16 +23,9 @@ from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# Grants from these come from a payment, which names its event; any other provider (manual,
-# promotional, ...) is a person's decision and must say why and who.
-PAYMENT_PROVIDERS = frozenset({"stripe", "telegram"})
-MAX_ID_LENGTH = 256
-MAX_REASON_LENGTH = 1000
 MAX_BATCH = 500
 # Far enough for any real term, near enough that datetime arithmetic cannot overflow.
 MAX_DURATION = timedelta(days=365 * 100)
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
@@ -57,8 +50,7 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         # The hot path: two cheap checks, then (nearly always) a dictionary hit.
         user_id = request.user_id
         entitlement = request.entitlement
-        if not user_id or len(user_id) > MAX_ID_LENGTH or "\x00" in user_id:
-            raise InvalidArgument("user_id is required (at most 256 characters, no NUL)")
+        validation.text("user_id", user_id, required=True)
         if entitlement not in self._granting_tiers:
             raise InvalidArgument(self._unknown_entitlement(entitlement))
         remembered = self._cache.answer_from_memory(user_id, entitlement)
@@ -73,7 +65,7 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         request: entitlements_pb2.ListEntitlementsRequest,
         context: grpc.aio.ServicerContext,
     ) -> entitlements_pb2.ListEntitlementsResponse:
-        _require_id("user_id", request.user_id)
+        validation.text("user_id", request.user_id, required=True)
         grants = await self._store.grants_of_user(
             request.user_id, include_revoked=request.include_revoked
         )
@@ -168,9 +160,9 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         caller = caller_var.get()
         _check_source_allowed(caller, request.source.provider)
         source = _source_of(request.source)
-        _limit("event_id", request.event_id, MAX_ID_LENGTH)
-        _limit("reason", request.reason, MAX_REASON_LENGTH)
-        _limit("revoked_by", request.revoked_by, MAX_ID_LENGTH)
+        validation.text("event_id", request.event_id)
+        validation.free_text("reason", request.reason)
+        validation.text("revoked_by", request.revoked_by)
         outcome = await self._store.revoke(
             Revocation(
                 source=source,
@@ -198,7 +190,7 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
         request: entitlements_pb2.WatchEntitlementsRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[entitlements_pb2.EntitlementChange]:
-        _limit("user_id", request.user_id, MAX_ID_LENGTH)
+        validation.text("user_id", request.user_id)
         subscription = self._feed.subscribe(request.user_id, heartbeats=request.heartbeats)
         try:
             while True:
@@ -207,20 +199,20 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             self._feed.unsubscribe(subscription)
 
     def _grant_of(self, request: entitlements_pb2.GrantEntitlementRequest, caller: str) -> Grant:
-        _require_id("user_id", request.user_id)
+        validation.text("user_id", request.user_id, required=True)
         if request.entitlement not in self._granting_tiers:
             raise InvalidArgument(self._unknown_entitlement(request.entitlement))
         source = _source_of(request.source)
-        _limit("event_id", request.event_id, MAX_ID_LENGTH)
-        _limit("reason", request.reason, MAX_REASON_LENGTH)
-        _limit("granted_by", request.granted_by, MAX_ID_LENGTH)
-        if source.provider in PAYMENT_PROVIDERS:
+        validation.text("event_id", request.event_id)
+        validation.free_text("reason", request.reason)
+        validation.text("granted_by", request.granted_by)
+        if source.provider in validation.PAYMENT_PROVIDERS:
             if not request.event_id:
                 raise InvalidArgument("event_id is required for a grant paid through a provider")
         elif not request.reason:
             raise InvalidArgument("a manual grant needs a reason")
         purchased_at = (
-            _moment("purchased_at", request.purchased_at)
+            validation.moment("purchased_at", request.purchased_at)
             if request.HasField("purchased_at")
             else datetime.now(UTC)
         )
@@ -232,7 +224,7 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             if not timedelta(0) < duration <= MAX_DURATION:
                 raise InvalidArgument("duration_seconds must be positive (at most 100 years)")
         elif term == "until":
-            until = _moment("until", request.until)
+            until = validation.moment("until", request.until)
             if until <= purchased_at:
                 raise InvalidArgument("until must be after purchased_at")
         elif term == "lifetime":
@@ -266,7 +258,7 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
 
     def _unknown_entitlement(self, entitlement: str) -> str:
         known = ", ".join(sorted(self._granting_tiers))
-        return f"unknown entitlement {entitlement[:MAX_ID_LENGTH]!r} (known: {known})"
+        return f"unknown entitlement {entitlement[: validation.MAX_TEXT]!r} (known: {known})"
 
 
 def _check_source_allowed(caller: str, provider: str) -> None:
@@ -278,30 +270,6 @@ def _check_source_allowed(caller: str, provider: str) -> None:
 
 
 def _source_of(source: entitlements_pb2.Source) -> Source:
-    _require_id("source.provider", source.provider)
-    _require_id("source.reference", source.reference)
+    validation.text("source.provider", source.provider, required=True)
+    validation.text("source.reference", source.reference, required=True)
     return Source(provider=source.provider, reference=source.reference)
-
-
-def _moment(name: str, message: Timestamp) -> datetime:
-    try:
-        moment = wire.moment_of(message)
-    except (ValueError, OverflowError):
-        moment = None
-    if moment is None or not EARLIEST <= moment < LATEST:
-        raise InvalidArgument(f"{name} must lie between the years 2000 and 2200")
-    return moment
-
-
-def _require_id(name: str, value: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{name} is required")
-    _limit(name, value, MAX_ID_LENGTH)
-
-
-def _limit(name: str, value: str, most: int) -> None:
-    if len(value) > most:
-        raise InvalidArgument(f"{name} is longer than {most} characters")
-    if "\x00" in value:
-        # PostgreSQL text cannot hold it: refused here rather than failing in the database.
-        raise InvalidArgument(f"{name} contains a NUL character")

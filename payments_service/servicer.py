@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from paylayer import validation
 from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
 from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -98,24 +99,8 @@ def _json_object(payload: bytes, what: str) -> dict[str, Any]:
     return parsed
 
 
-PROVIDERS = ("stripe", "telegram")
-MAX_TEXT = 255
-
-
-def _text(name: str, value: str, *, required: bool = False) -> str:
-    if required and not value:
-        raise InvalidArgument(f"{name} is required")
-    if "\x00" in value:
-        raise InvalidArgument(f"{name} holds a NUL character")
-    if len(value) > MAX_TEXT:
-        raise InvalidArgument(f"{name} is longer than {MAX_TEXT} characters")
-    return value
-
-
-def _provider(value: str, *, required: bool = False) -> str:
-    if (value or required) and value not in PROVIDERS:
-        raise InvalidArgument(f"provider must be one of {', '.join(PROVIDERS)}")
-    return value
+_text = validation.text
+_provider = validation.provider
 
 
 def _page_size(requested: int) -> int:
@@ -137,9 +122,7 @@ def _since(stamp: Timestamp, *, required: bool) -> datetime | None:
         if required:
             raise InvalidArgument("since is required")
         return None
-    if not 0 < stamp.seconds < 253_402_300_799:
-        raise InvalidArgument("since is out of range")
-    return stamp.ToDatetime(tzinfo=UTC)
+    return validation.moment("since", stamp)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
