@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from entitlements_service import rules
-from entitlements_service.rules import Grant, Source
-from entitlements_service.store import EntitlementStore, Revocation
+from entitlements_service.rules import Grant, Revocation, Source
+from entitlements_service.store import UnitOfWork
 from tests.entitlements.ledger_model import (
     TIERS_ANSWERING,
     Paid,
@@ -87,7 +87,6 @@ async def test_the_store_settles_any_story_as_the_model_does(
     rivals: list[int],
     hours: list[int],
 ) -> None:
-    store = EntitlementStore(engine)
     user_id = "store-" + uuid.uuid4().hex
     prefix = uuid.uuid4().hex[:12] + "-"  # the database lives for the session
     events = list(story.events)
@@ -110,10 +109,12 @@ async def test_the_store_settles_any_story_as_the_model_does(
                 one.grant(user_id=user_id, grant_id=str(uuid.uuid4()), prefix=prefix)
                 for one in paid
             ]
-            if len(mine) == 1:
-                outcomes = [await store.grant(mine[0])]
-            else:
-                outcomes = await store.grant_many(mine)
+            async with UnitOfWork(engine) as uow:
+                if len(mine) == 1:
+                    outcomes = [await uow.grants.grant(mine[0])]
+                else:
+                    outcomes = await uow.grants.grant_many(mine)
+                await uow.commit()
             assert [created for _, created in outcomes] == expected
             for one, (standing, _) in zip(paid, outcomes, strict=True):
                 state = ledger[Source("stripe", one.reference)]
@@ -121,19 +122,22 @@ async def test_the_store_settles_any_story_as_the_model_does(
         else:
             reference = str(group[0][1])
             ledger = record_revoke(ledger, Source("stripe", reference))
-            outcome = await store.revoke(
-                Revocation(
-                    source=Source("stripe", prefix + reference),
-                    event_id="evt_refund_" + reference,
-                    reason="refund",
-                    revoked_by="tests",
+            async with UnitOfWork(engine) as uow:
+                outcome = await uow.grants.revoke(
+                    Revocation(
+                        source=Source("stripe", prefix + reference),
+                        event_id="evt_refund_" + reference,
+                        reason="refund",
+                        revoked_by="tests",
+                    )
                 )
-            )
+                await uow.commit()
             assert outcome.tombstone == (ledger[Source("stripe", reference)].grant is None)
 
     model = grants_of(ledger)
-    stored = await store.grants_of_user(user_id, include_revoked=True)
+    async with UnitOfWork(engine) as uow:
+        stored = await uow.grants.grants_of_user(user_id, include_revoked=True)
+        standing = await uow.grants.grants_of_user(user_id, include_revoked=False)
     assert comparable(stored, prefix) == comparable(model)
-    standing = await store.grants_of_user(user_id, include_revoked=False)
     assert comparable(standing, prefix) == comparable(g for g in model if not g.revoked)
     assert answers(standing, hours) == answers(model, hours)
