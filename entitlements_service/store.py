@@ -11,15 +11,16 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Row, exc, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from entitlements_service import wire
 from entitlements_service.rules import Grant, Revocation, RevokeOutcome, Source
 from entitlements_service.tables import CHANGES_CHANNEL, audit, grants
+from paylayer import unit_of_work
 from paylayer.errors import Unavailable
 from protos.entitlements.v1 import entitlements_pb2
 
@@ -59,48 +60,20 @@ def _unavailable_when_unreachable(method: Method) -> Method:
     return call  # type: ignore[return-value]
 
 
-class UnitOfWork:
-    """One transaction on the entitlements schema, owned by a use case:
-
-        async with UnitOfWork(engine) as uow:
-            ... uow.grants ...
-            await uow.commit()
-
-    Leaving the block without `commit` rolls everything back.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._connection: AsyncConnection | None = None
+class UnitOfWork(unit_of_work.UnitOfWork):
+    """One transaction on the entitlements schema (see paylayer.unit_of_work)."""
 
     @property
     def grants(self) -> EntitlementStore:
-        assert self._connection is not None, "use the unit of work inside `async with`"
-        return EntitlementStore(self._connection)
+        return EntitlementStore(self.connection)
 
     @_unavailable_when_unreachable
-    async def __aenter__(self) -> UnitOfWork:
-        self._connection = await self._engine.connect()
-        try:
-            await self._connection.begin()
-        except BaseException:
-            await self._connection.close()
-            raise
-        return self
+    async def __aenter__(self) -> Self:
+        return await super().__aenter__()
 
     @_unavailable_when_unreachable
     async def commit(self) -> None:
-        assert self._connection is not None
-        await self._connection.commit()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._connection is not None
-        connection, self._connection = self._connection, None
-        try:
-            if connection.in_transaction():
-                await connection.rollback()
-        finally:
-            await connection.close()
+        await super().commit()
 
 
 class EntitlementStore:
