@@ -153,6 +153,20 @@ def test_any_telegram_update_is_an_intent_or_a_reasoned_failure(
         telegram_updates.interpret(update if isinstance(update, dict) else {}, catalogue)
     except Unprocessable:
         pass
+    # A refund reads the stored update back: whatever it holds, a purchase or None.
+    purchase = telegram_updates.stars_purchase(json.dumps(update).encode())
+    assert purchase is None or isinstance(purchase.telegram_user_id, int)
+
+
+def test_a_stored_update_that_names_no_buyer_cannot_be_refunded_by_us(
+    catalogue: Catalogue,
+) -> None:
+    paid = telegram_update("payment", catalogue, telegram_user_id=5, sku="vip_30d")
+    purchase = telegram_updates.stars_purchase(json.dumps(paid).encode())
+    assert purchase is not None and purchase.telegram_user_id == 5
+    assert purchase.invoice_payload.startswith("vip_30d")
+    for stored in (b"", b"[]", b"\xff", b'{"message": {"from": {"id": "5"}}}', b'{"message": 7}'):
+        assert telegram_updates.stars_purchase(stored) is None
 
 
 # --- over HTTP, through the real gateway and payments ----------------------------------------
