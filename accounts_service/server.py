@@ -1,8 +1,10 @@
-"""Composition root of the accounts service: engine, servicer, and the shared gRPC kit."""
+"""Composition root of the accounts service: engine, units of work, use cases, servicer, and
+the shared gRPC kit."""
 
 from accounts_service.servicer import AccountsServicer
-from accounts_service.store import AccountsStore
+from accounts_service.store import UnitOfWork
 from accounts_service.tiers import TierCaps
+from accounts_service.use_cases import Accounts
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
@@ -21,9 +23,12 @@ def build(settings: Settings) -> GrpcService:
     entitlements = open_channel(
         settings.entitlements_addr, settings.internal_token, tls=GrpcTls.from_settings(settings)
     )
-    servicer = AccountsServicer(
-        AccountsStore(engine), TierCaps(entitlements, load_catalogue(settings.catalogue_path))
-    )
+
+    def begin(*, single_statement: bool = False) -> UnitOfWork:
+        return UnitOfWork(engine, single_statement=single_statement)
+
+    accounts = Accounts(begin, TierCaps(entitlements, load_catalogue(settings.catalogue_path)))
+    servicer = AccountsServicer(accounts)
     return GrpcService(
         name="accounts",
         full_service_name=accounts_pb2.DESCRIPTOR.services_by_name["AccountsService"].full_name,

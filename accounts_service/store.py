@@ -1,4 +1,7 @@
-"""SQL for the accounts schema: users and their identities, linked accounts, snapshots."""
+"""SQL for the accounts schema: users and their identities, linked accounts, snapshots.
+
+Statements only: the use cases (use_cases.py) decide, and own the transaction they run in.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ from typing import Any, Literal
 from sqlalchemy import Row, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from accounts_service import rules
 from accounts_service.tables import accounts, users
-from paylayer.errors import AlreadyExists, FailedPrecondition, NotFound
+from paylayer import unit_of_work
 
 # The column name of each identity a user can be found by.
 IdentityKind = Literal["user_id", "telegram_user_id", "stripe_customer_id", "email"]
@@ -70,266 +73,190 @@ def _account(row: Row[Any]) -> rules.LinkedAccount:
 _LINK_ORDER = (accounts.c.linked_at, accounts.c.login, accounts.c.server)
 
 
-class AccountsStore:
-    """One short transaction per call; row locks where two calls could otherwise interleave."""
+class UnitOfWork(unit_of_work.UnitOfWork):
+    """One transaction on the accounts schema (see paylayer.unit_of_work)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        # Lookups and the create are single statements: no BEGIN/COMMIT round trips needed.
-        self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
+    @property
+    def accounts(self) -> AccountsStore:
+        return AccountsStore(self.connection)
+
+
+class AccountsStore:
+    """SQL on one connection, inside the transaction of the unit of work that made it."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
 
     # --- users ---------------------------------------------------------------------------------
 
-    async def find_user(self, kind: IdentityKind, value: str | int) -> rules.User | None:
-        async with self._single.connect() as connection:
-            row = (await connection.execute(select(users).where(users.c[kind] == value))).first()
+    async def find_user(
+        self, kind: IdentityKind, value: str | int, *, for_update: bool = False
+    ) -> rules.User | None:
+        query = select(users).where(users.c[kind] == value)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._connection.execute(query)).first()
         return _user(row) if row else None
 
-    async def create_user(self, kind: LinkableKind, value: str | int) -> tuple[rules.User, bool]:
-        """The user holding this identity, made now if nobody does; and whether it was made.
-
-        Race-safe without a lock: of concurrent inserts of one identity, the unique constraint
-        lets one through and the others do nothing, then all read the same row.
-        """
-        async with self._single.connect() as connection:
-            inserted = (
-                await connection.execute(
-                    pg_insert(users)
-                    .values(user_id=str(uuid.uuid4()), **{kind: value})
-                    .on_conflict_do_nothing()
-                    .returning(*users.c)
-                )
-            ).first()
-            if inserted is not None:
-                return _user(inserted), True
-            row = (await connection.execute(select(users).where(users.c[kind] == value))).one()
-        return _user(row), False
-
-    async def resolve_many(
-        self, kind: IdentityKind, values: Sequence[str | int], *, create: bool
-    ) -> dict[str | int, tuple[rules.User, bool]]:
-        """The users holding these identities of one kind, made now (with `create`) for those
-        nobody holds; with whether each was made. Three statements for the whole lot."""
-        found: dict[str | int, tuple[rules.User, bool]] = {}
-        async with self._single.connect() as connection:
-            rows = await connection.execute(select(users).where(users.c[kind].in_(values)))
-            for row in rows:
-                found[row._mapping[kind]] = (_user(row), False)
-            missing = [value for value in dict.fromkeys(values) if value not in found]
-            if not create or not missing or kind == "user_id":
-                return found
-            inserted = await connection.execute(
+    async def insert_user(self, kind: LinkableKind, value: str | int) -> rules.User | None:
+        """A new user holding this identity; None when someone holds it already (of concurrent
+        inserts of one identity, the unique constraint lets one through)."""
+        row = (
+            await self._connection.execute(
                 pg_insert(users)
-                .values([{"user_id": str(uuid.uuid4()), kind: value} for value in missing])
+                .values(user_id=str(uuid.uuid4()), **{kind: value})
                 .on_conflict_do_nothing()
                 .returning(*users.c)
             )
-            for row in inserted:
-                found[row._mapping[kind]] = (_user(row), True)
-            # Made meanwhile by a concurrent call: the unique constraint let theirs through.
-            raced = [value for value in missing if value not in found]
-            if raced:
-                rows = await connection.execute(select(users).where(users.c[kind].in_(raced)))
-                for row in rows:
-                    found[row._mapping[kind]] = (_user(row), False)
-        return found
+        ).first()
+        return _user(row) if row else None
 
-    async def link_identity(self, user_id: str, kind: LinkableKind, value: str | int) -> rules.User:
-        """Attach an identity; never moves one from its owner, never replaces one a user has."""
-        label = IDENTITY_LABELS[kind]
+    async def users_by(
+        self, kind: IdentityKind, values: Sequence[str | int]
+    ) -> dict[str | int, rules.User]:
+        rows = await self._connection.execute(select(users).where(users.c[kind].in_(values)))
+        return {row._mapping[kind]: _user(row) for row in rows}
+
+    async def insert_users(
+        self, kind: LinkableKind, values: Sequence[str | int]
+    ) -> dict[str | int, rules.User]:
+        """New users for these identities; those someone holds already are left out."""
+        rows = await self._connection.execute(
+            pg_insert(users)
+            .values([{"user_id": str(uuid.uuid4()), kind: value} for value in values])
+            .on_conflict_do_nothing()
+            .returning(*users.c)
+        )
+        return {row._mapping[kind]: _user(row) for row in rows}
+
+    async def set_identity(
+        self, user_id: str, kind: LinkableKind, value: str | int
+    ) -> rules.User | None:
+        """None when the unique constraint refuses: another user took it meanwhile."""
         try:
-            async with self._engine.begin() as connection:
-                user = await self._lock_user(connection, user_id)
-                current = getattr(user, kind)
-                if current == value:
-                    return user
-                if current is not None:
-                    raise AlreadyExists(f"user {user_id} already has another {label}")
-                owner = await connection.scalar(
-                    select(users.c.user_id).where(users.c[kind] == value)
-                )
-                if owner is not None:
-                    raise AlreadyExists(f"this {label} belongs to another user")
+            async with self._connection.begin_nested():
                 row = (
-                    await connection.execute(
+                    await self._connection.execute(
                         update(users)
                         .where(users.c.user_id == user_id)
                         .values(**{kind: value})
                         .returning(*users.c)
                     )
                 ).one()
-                return _user(row)
-        except IntegrityError as error:
-            # Another call attached the same identity to someone else between our check and
-            # our update: the constraint decided, and the answer is the same.
-            raise AlreadyExists(f"this {label} belongs to another user") from error
-
-    async def _lock_user(self, connection: AsyncConnection, user_id: str) -> rules.User:
-        row = (
-            await connection.execute(
-                select(users).where(users.c.user_id == user_id).with_for_update()
-            )
-        ).first()
-        if row is None:
-            raise NotFound(f"no user {user_id}")
+        except IntegrityError:
+            return None
         return _user(row)
 
     # --- linked accounts -----------------------------------------------------------------------
 
-    async def link_account(
-        self,
-        *,
-        user_id: str,
-        login: int,
-        server: str,
-        account_type: str,
-        broker: str,
-        label: str,
-        cap: int,
-    ) -> tuple[rules.LinkedAccount, int, bool]:
-        """Link (login, server) to the user within their cap; give the account, how many of the
-        user's links are older, and whether the link is new.
-
-        The user's row is locked first, so two links racing for the last free place are
-        counted one after the other and cannot both get it.
-        """
-        async with self._engine.begin() as connection:
-            await self._lock_user(connection, user_id)
-            existing = await self._account_row(connection, login, server)
-            if existing is None:
-                linked_count = await connection.scalar(
-                    select(func.count()).select_from(accounts).where(accounts.c.user_id == user_id)
-                )
-                if not rules.may_link_another(linked_count or 0, cap):
-                    raise FailedPrecondition(
-                        f"user {user_id} has {linked_count} linked accounts, the cap of their "
-                        f"tier is {cap}"
-                    )
-                inserted = (
-                    await connection.execute(
-                        pg_insert(accounts)
-                        .values(
-                            login=login,
-                            server=server,
-                            server_key=rules.server_key(server),
-                            user_id=user_id,
-                            account_type=account_type,
-                            broker=broker,
-                            label=label,
-                        )
-                        .on_conflict_do_nothing()
-                        .returning(*accounts.c)
-                    )
-                ).first()
-                if inserted is not None:
-                    return _account(inserted), await self._older_links(connection, inserted), True
-                # Someone linked it in the meantime: answer as if they had been first.
-                existing = await self._account_row(connection, login, server)
-                assert existing is not None
-            if existing.user_id != user_id:
-                raise AlreadyExists(f"MT5 account {login}@{server} is linked to another user")
-            # The same user again: idempotent, keeping the latest description they gave.
-            row = (
-                await connection.execute(
-                    update(accounts)
-                    .where(
-                        accounts.c.login == login, accounts.c.server_key == rules.server_key(server)
-                    )
-                    .values(account_type=account_type, broker=broker, label=label)
-                    .returning(*accounts.c)
-                )
-            ).one()
-            return _account(row), await self._older_links(connection, row), False
-
-    async def unlink_account(self, *, user_id: str, login: int, server: str) -> None:
-        """Forget the link and its snapshots, so a later owner starts from a clean slate."""
-        async with self._engine.begin() as connection:
-            deleted = await connection.scalar(
-                accounts.delete()
-                .where(
-                    accounts.c.login == login,
-                    accounts.c.server_key == rules.server_key(server),
-                    accounts.c.user_id == user_id,
-                )
-                .returning(accounts.c.login)
-            )
-        if deleted is None:
-            raise NotFound(f"MT5 account {login}@{server} is not linked to user {user_id}")
-
-    async def list_accounts(self, user_id: str) -> Sequence[rules.LinkedAccount]:
-        """Oldest link first: the order in which links stay active under a cap."""
-        async with self._engine.connect() as connection:
-            rows = await connection.execute(
-                select(accounts).where(accounts.c.user_id == user_id).order_by(*_LINK_ORDER)
-            )
-            return [_account(row) for row in rows]
-
-    async def get_account(self, login: int, server: str) -> tuple[rules.LinkedAccount, int]:
-        """The account and how many of its owner's links are older (to tell if it is suspended)."""
-        async with self._engine.connect() as connection:
-            row = await self._account_row(connection, login, server)
-            if row is None:
-                raise NotFound(f"MT5 account {login}@{server} is not linked")
-            return _account(row), await self._older_links(connection, row)
-
-    async def report_snapshot(
-        self, login: int, server: str, snapshot: rules.Snapshot
-    ) -> tuple[rules.LinkedAccount, int, bool]:
-        """Take in a snapshot if it is newer than the stored one; say whether it was applied.
-
-        The row is locked while the newer-than test and the drawdown are worked out, so
-        concurrent reports apply one after the other and the stored one never goes backwards.
-        """
-        async with self._engine.begin() as connection:
-            row = await self._account_row(connection, login, server, for_update=True)
-            if row is None:
-                raise NotFound(f"MT5 account {login}@{server} is not linked; link it first")
-            stored = _account(row)
-            stored_time = stored.snapshot.time if stored.snapshot else None
-            if not rules.is_newer(snapshot.time, stored_time):
-                return stored, await self._older_links(connection, row), False
-            drawdown = rules.after_snapshot(stored.drawdown, snapshot.equity)
-            updated = (
-                await connection.execute(
-                    update(accounts)
-                    .where(
-                        accounts.c.login == login, accounts.c.server_key == rules.server_key(server)
-                    )
-                    .values(
-                        snapshot_time=snapshot.time,
-                        balance=snapshot.balance,
-                        equity=snapshot.equity,
-                        margin=snapshot.margin,
-                        free_margin=snapshot.free_margin,
-                        margin_level=snapshot.margin_level,
-                        currency=snapshot.currency,
-                        leverage=snapshot.leverage,
-                        peak_equity=drawdown.peak_equity,
-                        drawdown=drawdown.drawdown,
-                        max_drawdown=drawdown.max_drawdown,
-                    )
-                    .returning(*accounts.c)
-                )
-            ).one()
-            return _account(updated), await self._older_links(connection, updated), True
-
-    async def _account_row(
-        self, connection: AsyncConnection, login: int, server: str, *, for_update: bool = False
-    ) -> Row[Any] | None:
+    async def account(
+        self, login: int, server: str, *, for_update: bool = False
+    ) -> rules.LinkedAccount | None:
         query = select(accounts).where(
             accounts.c.login == login, accounts.c.server_key == rules.server_key(server)
         )
         if for_update:
             query = query.with_for_update()
-        return (await connection.execute(query)).first()
+        row = (await self._connection.execute(query)).first()
+        return _account(row) if row else None
 
-    async def _older_links(self, connection: AsyncConnection, row: Row[Any]) -> int:
-        older = await connection.scalar(
+    async def count_links(self, user_id: str) -> int:
+        count = await self._connection.scalar(
+            select(func.count()).select_from(accounts).where(accounts.c.user_id == user_id)
+        )
+        return count or 0
+
+    async def insert_account(
+        self, *, user_id: str, login: int, server: str, account_type: str, broker: str, label: str
+    ) -> rules.LinkedAccount | None:
+        """None when (login, server) is linked already."""
+        row = (
+            await self._connection.execute(
+                pg_insert(accounts)
+                .values(
+                    login=login,
+                    server=server,
+                    server_key=rules.server_key(server),
+                    user_id=user_id,
+                    account_type=account_type,
+                    broker=broker,
+                    label=label,
+                )
+                .on_conflict_do_nothing()
+                .returning(*accounts.c)
+            )
+        ).first()
+        return _account(row) if row else None
+
+    async def describe_account(
+        self, *, login: int, server: str, account_type: str, broker: str, label: str
+    ) -> rules.LinkedAccount:
+        row = (
+            await self._connection.execute(
+                update(accounts)
+                .where(accounts.c.login == login, accounts.c.server_key == rules.server_key(server))
+                .values(account_type=account_type, broker=broker, label=label)
+                .returning(*accounts.c)
+            )
+        ).one()
+        return _account(row)
+
+    async def delete_account(self, *, user_id: str, login: int, server: str) -> bool:
+        """Forget the link and its snapshots; False when it was not this user's."""
+        deleted = await self._connection.scalar(
+            accounts.delete()
+            .where(
+                accounts.c.login == login,
+                accounts.c.server_key == rules.server_key(server),
+                accounts.c.user_id == user_id,
+            )
+            .returning(accounts.c.login)
+        )
+        return deleted is not None
+
+    async def accounts_of(self, user_id: str) -> list[rules.LinkedAccount]:
+        """Oldest link first: the order in which links stay active under a cap."""
+        rows = await self._connection.execute(
+            select(accounts).where(accounts.c.user_id == user_id).order_by(*_LINK_ORDER)
+        )
+        return [_account(row) for row in rows]
+
+    async def store_snapshot(
+        self, account: rules.LinkedAccount, snapshot: rules.Snapshot, drawdown: rules.DrawdownState
+    ) -> rules.LinkedAccount:
+        row = (
+            await self._connection.execute(
+                update(accounts)
+                .where(
+                    accounts.c.login == account.login,
+                    accounts.c.server_key == rules.server_key(account.server),
+                )
+                .values(
+                    snapshot_time=snapshot.time,
+                    balance=snapshot.balance,
+                    equity=snapshot.equity,
+                    margin=snapshot.margin,
+                    free_margin=snapshot.free_margin,
+                    margin_level=snapshot.margin_level,
+                    currency=snapshot.currency,
+                    leverage=snapshot.leverage,
+                    peak_equity=drawdown.peak_equity,
+                    drawdown=drawdown.drawdown,
+                    max_drawdown=drawdown.max_drawdown,
+                )
+                .returning(*accounts.c)
+            )
+        ).one()
+        return _account(row)
+
+    async def older_links(self, account: rules.LinkedAccount) -> int:
+        """How many of the owner's links are older than this one (to tell if it is suspended)."""
+        older = await self._connection.scalar(
             select(func.count())
             .select_from(accounts)
             .where(
-                accounts.c.user_id == row.user_id,
-                tuple_(*_LINK_ORDER) < tuple_(row.linked_at, row.login, row.server),
+                accounts.c.user_id == account.user_id,
+                tuple_(*_LINK_ORDER) < tuple_(account.linked_at, account.login, account.server),
             )
         )
         return older or 0

@@ -78,7 +78,7 @@ class ChangeFeed:
             return
         self._last_heartbeat = now
         heartbeat = entitlements_pb2.EntitlementChange(
-            action="heartbeat", changed_at=wire.timestamp(datetime.now(UTC))
+            action="heartbeat", changed_at=wire.to_proto_time(datetime.now(UTC))
         )
         for subscription in self._subscriptions:
             if subscription.heartbeats:

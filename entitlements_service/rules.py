@@ -78,6 +78,22 @@ class Answer:
     recheck_at: datetime | None  # the answer can change by itself then; None: never
 
 
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    source: Source
+    event_id: str
+    reason: str
+    revoked_by: str  # the caller, from its credential
+    on_behalf_of: str = ""  # whom the caller says it acts for (a person at the console)
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeOutcome:
+    grant: Grant | None  # None: nothing was granted yet, a tombstone stands instead
+    tombstone: bool
+    changed: bool
+
+
 INACTIVE_FOR_EVER = Answer(
     active=False, expires_at=None, lifetime=False, explain=(), recheck_at=None
 )
@@ -168,42 +184,74 @@ def windows_for_check(
     return found
 
 
-# The life of one source, whatever order its grant and revoke arrive in. The store does the
-# same in one statement each (INSERT ... ON CONFLICT); this is the model its tests check.
+# --- grant policy: what a new grant must say, whoever asks for it ------------------------------
+
+# Far enough for any real term, near enough that datetime arithmetic cannot overflow.
+MAX_DURATION = timedelta(days=365 * 100)
 
 
 @dataclass(frozen=True, slots=True)
-class SourceState:
-    grant: Grant | None  # None: a tombstone, revoked before any grant was seen
-    revoked: bool
+class Term:
+    """How long a grant covers: exactly one of the three, or none (then the grant is refused)."""
+
+    duration: timedelta | None = None
+    until: datetime | None = None
+    lifetime: bool = False
 
 
-def record_grant(
-    ledger: Mapping[Source, SourceState], grant: Grant
-) -> tuple[dict[Source, SourceState], bool]:
-    """Grant once per source. Returns the new ledger and whether the grant was created.
-
-    The first grant of a source wins; a grant of a tombstoned source is kept, revoked.
-    """
-    state = ledger.get(grant.source)
-    if state is None:
-        return {**ledger, grant.source: SourceState(grant, revoked=False)}, True
-    if state.grant is None:
-        kept = replace(grant, revoked=True)
-        return {**ledger, grant.source: SourceState(kept, revoked=True)}, False
-    return dict(ledger), False
-
-
-def record_revoke(
-    ledger: Mapping[Source, SourceState], source: Source
-) -> dict[Source, SourceState]:
-    state = ledger.get(source)
-    if state is None:
-        return {**ledger, source: SourceState(None, revoked=True)}
-    if state.revoked or state.grant is None:
-        return dict(ledger)
-    return {**ledger, source: SourceState(replace(state.grant, revoked=True), revoked=True)}
+def grant_problem(
+    *, paid_through_provider: bool, event_id: str, reason: str, purchased_at: datetime, term: Term
+) -> str | None:
+    """Why a grant cannot be made, or None. A paid grant names the payment's event; any other
+    (manual, promotional, ...) is a person's decision and must say why."""
+    if paid_through_provider:
+        if not event_id:
+            return "event_id is required for a grant paid through a provider"
+    elif not reason:
+        return "a manual grant needs a reason"
+    given = sum((term.duration is not None, term.until is not None, term.lifetime))
+    if given != 1:
+        return "give a term: duration_seconds, until or lifetime"
+    if term.duration is not None and not timedelta(0) < term.duration <= MAX_DURATION:
+        return "duration_seconds must be positive (at most 100 years)"
+    if term.until is not None and term.until <= purchased_at:
+        return "until must be after purchased_at"
+    return None
 
 
-def grants_of(ledger: Mapping[Source, SourceState]) -> list[Grant]:
-    return [state.grant for state in ledger.values() if state.grant is not None]
+def windows_by_grant(windows_by_entitlement: Mapping[str, Sequence[Window]]) -> dict[str, Window]:
+    """Each stacked grant's window, by grant id (revoked grants have none)."""
+    return {
+        window.grant.grant_id: window
+        for windows in windows_by_entitlement.values()
+        for window in windows
+    }
+
+
+def list_answers(
+    grants: Iterable[Grant], granting_tiers: Mapping[str, Iterable[str]], now: datetime
+) -> tuple[list[tuple[str, Answer]], list[tuple[Grant, Window | None]]]:
+    """What a user holds: every entitlement's answer (by name), and every grant in purchase
+    order with the window stacking gives it."""
+    grants = list(grants)
+    windows_by_entitlement = stack_by_entitlement(grants)
+    window_of = windows_by_grant(windows_by_entitlement)
+    statuses = [
+        (name, answer(windows_for_check(windows_by_entitlement, granting_tiers[name]), now))
+        for name in sorted(granting_tiers)
+    ]
+    listed = [
+        (grant, window_of.get(grant.grant_id))
+        for grant in sorted(grants, key=lambda g: g.purchase_order)
+    ]
+    return statuses, listed
+
+
+def window_of(grants: Iterable[Grant], grant: Grant) -> Window | None:
+    """The window `grant` gets among the user's other grants of its entitlement."""
+    if grant.revoked:
+        return None
+    for window in stack(g for g in grants if g.entitlement == grant.entitlement):
+        if window.grant.grant_id == grant.grant_id:
+            return window
+    return None

@@ -1,4 +1,5 @@
-"""Composition root of the entitlements service: store, cache, listener, feed, gRPC kit."""
+"""Composition root of the entitlements service: units of work, use cases, cache, listener,
+feed, gRPC kit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from entitlements_service.feed import ChangeFeed
 from entitlements_service.listener import ChangeListener
 from entitlements_service.rules import Grant
 from entitlements_service.servicer import EntitlementsServicer
-from entitlements_service.store import EntitlementStore
+from entitlements_service.store import UnitOfWork
+from entitlements_service.use_cases import Entitlements
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_server import GrpcService
@@ -37,15 +39,19 @@ def compose(settings: Settings) -> Parts:
     )
     catalogue = load_catalogue(settings.catalogue_path)
     granting_tiers = {tier: catalogue.granting_tiers(tier) for tier in catalogue.tier_closure}
-    store = EntitlementStore(engine)
+
+    def begin() -> UnitOfWork:
+        return UnitOfWork(engine)
 
     async def load_grants(user_id: str) -> list[Grant]:
-        return await store.grants_of_user(user_id, include_revoked=False)
+        async with begin() as uow:
+            return await uow.grants.grants_of_user(user_id, include_revoked=False)
 
     cache = CheckCache(load_grants, granting_tiers)
     feed = ChangeFeed()
     listener = ChangeListener(settings.database_url, cache, feed)
-    servicer = EntitlementsServicer(store, cache, feed, granting_tiers)
+    entitlements = Entitlements(begin, cache, granting_tiers)
+    servicer = EntitlementsServicer(entitlements, cache, feed)
     return Parts(engine=engine, servicer=servicer, listener=listener, feed=feed)
 
 

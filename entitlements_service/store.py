@@ -1,7 +1,8 @@
 """SQL of the entitlements schema: grants one per source, tombstones, audit, change notices.
 
-Each change is one transaction: the grant row, its audit row and a NOTIFY to every replica, so
-a replica hears of a change exactly when it becomes visible, never before.
+Each change runs in the transaction of the use case's unit of work: the grant row, its audit
+row and a NOTIFY to every replica commit together, so a replica hears of a change exactly when
+it becomes visible, never before.
 """
 
 from __future__ import annotations
@@ -9,17 +10,17 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Row, exc, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from entitlements_service import wire
-from entitlements_service.rules import Grant, Source
+from entitlements_service.rules import Grant, Revocation, RevokeOutcome, Source
 from entitlements_service.tables import CHANGES_CHANNEL, audit, grants
+from paylayer import unit_of_work
 from paylayer.errors import Unavailable
 from protos.entitlements.v1 import entitlements_pb2
 
@@ -37,22 +38,6 @@ _GRANT_COLUMNS = (
     "reason",
     "granted_by",
 )
-
-
-@dataclass(frozen=True)
-class Revocation:
-    source: Source
-    event_id: str
-    reason: str
-    revoked_by: str  # the caller, from its credential
-    on_behalf_of: str = ""  # whom the caller says it acts for (a person at the console)
-
-
-@dataclass(frozen=True)
-class RevokeOutcome:
-    grant: Grant | None  # None: nothing was granted yet, a tombstone stands instead
-    tombstone: bool
-    changed: bool
 
 
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
@@ -75,9 +60,27 @@ def _unavailable_when_unreachable(method: Method) -> Method:
     return call  # type: ignore[return-value]
 
 
+class UnitOfWork(unit_of_work.UnitOfWork):
+    """One transaction on the entitlements schema (see paylayer.unit_of_work)."""
+
+    @property
+    def grants(self) -> EntitlementStore:
+        return EntitlementStore(self.connection)
+
+    @_unavailable_when_unreachable
+    async def __aenter__(self) -> Self:
+        return await super().__aenter__()
+
+    @_unavailable_when_unreachable
+    async def commit(self) -> None:
+        await super().commit()
+
+
 class EntitlementStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    """SQL on one connection, inside the transaction of the unit of work that made it."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
 
     @_unavailable_when_unreachable
     async def grant(self, new: Grant, *, on_behalf_of: str = "") -> tuple[Grant, bool]:
@@ -85,12 +88,11 @@ class EntitlementStore:
 
         Same source again: the first grant stands. A tombstoned source: `new` is kept, revoked.
         """
-        async with self._engine.begin() as connection:
-            return await self._grant(connection, new, on_behalf_of)
+        return await self._grant(self._connection, new, on_behalf_of)
 
     @_unavailable_when_unreachable
     async def grant_many(self, many: Sequence[Grant]) -> list[tuple[Grant, bool]]:
-        """`grant` for each, answered in order, in one transaction of four statements: the
+        """`grant` for each, answered in order, in four statements: the
         grants, the ones already standing, their audit rows and their change notices. A
         source given twice counts once, as two calls would."""
         first: dict[tuple[str, str], Grant] = {}
@@ -106,48 +108,48 @@ class EntitlementStore:
             set_={column: rows_in.excluded[column] for column in _GRANT_COLUMNS},
             where=grants.c.user_id.is_(None),
         ).returning(*grants.c)
-        async with self._engine.begin() as connection:
-            written = {
-                (row.provider, row.reference): row for row in await connection.execute(statement)
-            }
-            # Sources already granted: ON CONFLICT touched nothing; the first grant stands.
-            missing = [key for key in first if key not in written]
-            standing: dict[tuple[str, str], Grant] = {}
-            if missing:
-                rows = await connection.execute(
-                    select(grants).where(tuple_(grants.c.provider, grants.c.reference).in_(missing))
+        connection = self._connection
+        written = {
+            (row.provider, row.reference): row for row in await connection.execute(statement)
+        }
+        # Sources already granted: ON CONFLICT touched nothing; the first grant stands.
+        missing = [key for key in first if key not in written]
+        standing: dict[tuple[str, str], Grant] = {}
+        if missing:
+            rows = await connection.execute(
+                select(grants).where(tuple_(grants.c.provider, grants.c.reference).in_(missing))
+            )
+            standing = {(row.provider, row.reference): _grant_of(row) for row in rows}
+        outcomes: dict[tuple[str, str], tuple[Grant, bool]] = {}
+        audit_rows, notices = [], []
+        for key, new in first.items():
+            if key not in written:
+                outcomes[key] = (standing[key], False)
+                continue
+            stored = _grant_of(written[key])
+            created = stored.grant_id == new.grant_id
+            outcomes[key] = (stored, created)
+            audit_rows.append(
+                _audit_row(
+                    action="grant" if created else "grant_after_revoke",
+                    grant=stored,
+                    event_id=new.event_id,
+                    reason=new.reason,
+                    actor=new.granted_by,
                 )
-                standing = {(row.provider, row.reference): _grant_of(row) for row in rows}
-            outcomes: dict[tuple[str, str], tuple[Grant, bool]] = {}
-            audit_rows, notices = [], []
-            for key, new in first.items():
-                if key not in written:
-                    outcomes[key] = (standing[key], False)
-                    continue
-                stored = _grant_of(written[key])
-                created = stored.grant_id == new.grant_id
-                outcomes[key] = (stored, created)
-                audit_rows.append(
-                    _audit_row(
-                        action="grant" if created else "grant_after_revoke",
-                        grant=stored,
-                        event_id=new.event_id,
-                        reason=new.reason,
-                        actor=new.granted_by,
-                    )
-                )
-                if created:
-                    notices.append(_change_notice("grant", stored))
-            if audit_rows:
-                await connection.execute(audit.insert(), audit_rows)
-            if notices:
-                await connection.execute(
-                    text(
-                        "SELECT pg_notify(:channel, notice)"
-                        " FROM unnest(CAST(:notices AS text[])) AS notice"
-                    ),
-                    {"channel": CHANGES_CHANNEL, "notices": notices},
-                )
+            )
+            if created:
+                notices.append(_change_notice("grant", stored))
+        if audit_rows:
+            await connection.execute(audit.insert(), audit_rows)
+        if notices:
+            await connection.execute(
+                text(
+                    "SELECT pg_notify(:channel, notice)"
+                    " FROM unnest(CAST(:notices AS text[])) AS notice"
+                ),
+                {"channel": CHANGES_CHANNEL, "notices": notices},
+            )
         answers = []
         for new in many:
             stored, created = outcomes[(new.source.provider, new.source.reference)]
@@ -213,49 +215,48 @@ class EntitlementStore:
             )
             .returning(*grants.c)
         )
-        async with self._engine.begin() as connection:
-            row = (await connection.execute(statement)).first()
-            if row is None:
-                # Already revoked (or tombstoned): nothing changes.
-                existing = (
-                    await connection.execute(select(grants).where(*_source_is(revocation.source)))
-                ).one()
-                standing = _grant_of(existing) if existing.user_id is not None else None
-                return RevokeOutcome(standing, tombstone=standing is None, changed=False)
-            if row.grant_id == tombstone_id:
-                await connection.execute(
-                    audit.insert().values(
-                        action="tombstone",
-                        provider=revocation.source.provider,
-                        reference=revocation.source.reference,
-                        grant_id=tombstone_id,
-                        event_id=revocation.event_id,
-                        reason=revocation.reason,
-                        actor=revocation.revoked_by,
-                        details=_behalf(revocation.on_behalf_of, revocation.revoked_by),
-                    )
+        connection = self._connection
+        row = (await connection.execute(statement)).first()
+        if row is None:
+            # Already revoked (or tombstoned): nothing changes.
+            existing = (
+                await connection.execute(select(grants).where(*_source_is(revocation.source)))
+            ).one()
+            standing = _grant_of(existing) if existing.user_id is not None else None
+            return RevokeOutcome(standing, tombstone=standing is None, changed=False)
+        if row.grant_id == tombstone_id:
+            await connection.execute(
+                audit.insert().values(
+                    action="tombstone",
+                    provider=revocation.source.provider,
+                    reference=revocation.source.reference,
+                    grant_id=tombstone_id,
+                    event_id=revocation.event_id,
+                    reason=revocation.reason,
+                    actor=revocation.revoked_by,
+                    details=_behalf(revocation.on_behalf_of, revocation.revoked_by),
                 )
-                return RevokeOutcome(None, tombstone=True, changed=True)
-            revoked = _grant_of(row)
-            await _write_audit(
-                connection,
-                action="revoke",
-                grant=revoked,
-                event_id=revocation.event_id,
-                reason=revocation.reason,
-                actor=revocation.revoked_by,
-                on_behalf_of=revocation.on_behalf_of,
             )
-            await _notify(connection, "revoke", revoked)
-            return RevokeOutcome(revoked, tombstone=False, changed=True)
+            return RevokeOutcome(None, tombstone=True, changed=True)
+        revoked = _grant_of(row)
+        await _write_audit(
+            connection,
+            action="revoke",
+            grant=revoked,
+            event_id=revocation.event_id,
+            reason=revocation.reason,
+            actor=revocation.revoked_by,
+            on_behalf_of=revocation.on_behalf_of,
+        )
+        await _notify(connection, "revoke", revoked)
+        return RevokeOutcome(revoked, tombstone=False, changed=True)
 
     @_unavailable_when_unreachable
     async def grants_of_user(self, user_id: str, *, include_revoked: bool) -> list[Grant]:
         query = select(grants).where(grants.c.user_id == user_id)
         if not include_revoked:
             query = query.where(grants.c.revoked_at.is_(None))
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
+        rows = (await self._connection.execute(query)).all()
         return [_grant_of(row) for row in rows]
 
     async def _grant_by_source(self, connection: AsyncConnection, source: Source) -> Grant:
@@ -352,7 +353,7 @@ def _change_notice(action: str, grant: Grant) -> str:
         entitlement=grant.entitlement,
         action=action,
         grant=wire.grant_message(grant),
-        changed_at=wire.timestamp(datetime.now(UTC)),
+        changed_at=wire.to_proto_time(datetime.now(UTC)),
     )
     return wire.change_notice(change)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from entitlements_service.rules import Answer, Grant, Window
+from entitlements_service.rules import Answer, Grant, Revocation, Source, Term, Window
+from paylayer import validation
+from paylayer.errors import InvalidArgument
 from protos.entitlements.v1 import entitlements_pb2
 
 # Notices on the changes channel. A change notice is a base64 EntitlementChange, sent by the
@@ -17,14 +20,80 @@ USER_CHANGED_PREFIX = "user:"  # user:<user_id>, from the grants table's trigger
 ALL_CHANGED = "all:"  # the grants table was truncated
 
 
-def timestamp(moment: datetime) -> Timestamp:
+def to_proto_time(moment: datetime) -> Timestamp:
     message = Timestamp()
     message.FromDatetime(moment)
     return message
 
 
-def moment_of(message: Timestamp) -> datetime:
+def to_datetime(message: Timestamp) -> datetime:
     return message.ToDatetime(tzinfo=UTC)
+
+
+# --- requests to domain values: every field checked, the policy left to the use case ----------
+
+
+@dataclass(frozen=True)
+class GrantOrder:
+    """A grant as a caller asks for it; the use case decides whether it may be made."""
+
+    user_id: str
+    entitlement: str
+    source: Source
+    event_id: str
+    reason: str
+    on_behalf_of: str  # whom the caller says it acts for (a person at the console)
+    purchased_at: datetime | None  # None: now
+    term: Term
+
+
+def grant_order(request: entitlements_pb2.GrantEntitlementRequest) -> GrantOrder:
+    return GrantOrder(
+        user_id=validation.text("user_id", request.user_id, required=True),
+        entitlement=request.entitlement,
+        source=source_of(request.source),
+        event_id=validation.text("event_id", request.event_id),
+        reason=validation.free_text("reason", request.reason),
+        on_behalf_of=validation.text("granted_by", request.granted_by),
+        purchased_at=(
+            validation.moment("purchased_at", request.purchased_at)
+            if request.HasField("purchased_at")
+            else None
+        ),
+        term=_term(request),
+    )
+
+
+def _term(request: entitlements_pb2.GrantEntitlementRequest) -> Term:
+    term = request.WhichOneof("term")
+    if term == "duration_seconds":
+        return Term(duration=timedelta(seconds=request.duration_seconds))
+    if term == "until":
+        return Term(until=validation.moment("until", request.until))
+    if term == "lifetime" and not request.lifetime:
+        raise InvalidArgument("lifetime, when given, must be true")
+    return Term(lifetime=term == "lifetime")
+
+
+def revocation(request: entitlements_pb2.RevokeEntitlementRequest, *, caller: str) -> Revocation:
+    return Revocation(
+        source=source_of(request.source),
+        event_id=validation.text("event_id", request.event_id),
+        reason=validation.free_text("reason", request.reason),
+        # Who it was is taken from the credential, never from the request.
+        revoked_by=caller,
+        on_behalf_of=validation.text("revoked_by", request.revoked_by),
+    )
+
+
+def source_of(source: entitlements_pb2.Source) -> Source:
+    return Source(
+        provider=validation.text("source.provider", source.provider, required=True),
+        reference=validation.text("source.reference", source.reference, required=True),
+    )
+
+
+# --- domain values to messages -----------------------------------------------------------------
 
 
 def grant_message(grant: Grant, window: Window | None = None) -> entitlements_pb2.Grant:
@@ -36,7 +105,7 @@ def grant_message(grant: Grant, window: Window | None = None) -> entitlements_pb
             provider=grant.source.provider, reference=grant.source.reference
         ),
         event_id=grant.event_id,
-        purchased_at=timestamp(grant.purchased_at),
+        purchased_at=to_proto_time(grant.purchased_at),
         lifetime=grant.lifetime,
         revoked=grant.revoked,
         reason=grant.reason,
@@ -45,11 +114,11 @@ def grant_message(grant: Grant, window: Window | None = None) -> entitlements_pb
     if grant.duration is not None:
         message.duration_seconds = int(grant.duration.total_seconds())
     if grant.until is not None:
-        message.until.CopyFrom(timestamp(grant.until))
+        message.until.CopyFrom(to_proto_time(grant.until))
     if window is not None:
-        message.starts_at.CopyFrom(timestamp(window.starts_at))
+        message.starts_at.CopyFrom(to_proto_time(window.starts_at))
         if window.ends_at is not None:
-            message.ends_at.CopyFrom(timestamp(window.ends_at))
+            message.ends_at.CopyFrom(to_proto_time(window.ends_at))
     return message
 
 
@@ -60,9 +129,9 @@ def check_response(answer: Answer) -> entitlements_pb2.CheckEntitlementResponse:
         grants=[grant_message(window.grant, window) for window in answer.explain],
     )
     if answer.expires_at is not None:
-        response.expires_at.CopyFrom(timestamp(answer.expires_at))
+        response.expires_at.CopyFrom(to_proto_time(answer.expires_at))
     if answer.recheck_at is not None:
-        response.recheck_at.CopyFrom(timestamp(answer.recheck_at))
+        response.recheck_at.CopyFrom(to_proto_time(answer.recheck_at))
     return response
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from paylayer.validation import PAYMENT_PROVIDERS
+
 log = logging.getLogger(__name__)
 
 PAYMENTS = "paylayer.payments.v1.PaymentsService"
@@ -67,7 +69,7 @@ CALLER_NAMES = tuple(ROLES)
 # Methods a role may call only in part; the servicer checks these before doing anything.
 MAY_CREATE_USERS = frozenset({"bot", "payments", "operator"})
 # Grants and revokes of these callers are limited to the sources a payment makes.
-GRANTS_LIMITED_TO: Mapping[str, frozenset[str]] = {"payments": frozenset({"stripe", "telegram"})}
+GRANTS_LIMITED_TO: Mapping[str, frozenset[str]] = {"payments": frozenset(PAYMENT_PROVIDERS)}
 
 OPERATOR = "operator"
 SHA256_PREFIX = "sha256="

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
 
+from paylayer.validation import PAYMENT_PROVIDERS
 from payments_service.intents import FAILURE_CODES
 from payments_service.store import Store
 
@@ -39,7 +40,7 @@ EVENTS_FAILED = Counter(
     ["provider", "reason"],
 )
 # Every series exists from the start, at 0, so an alert on its increase sees the first failure.
-for _provider in ("stripe", "telegram"):
+for _provider in PAYMENT_PROVIDERS:
     for _code in FAILURE_CODES:
         EVENTS_FAILED.labels(_provider, _code)
 

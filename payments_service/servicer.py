@@ -2,144 +2,36 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import UTC, datetime
-from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from paylayer import validation
 from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
 from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
 from paylayer.logs import REQUEST_ID_HEADER
-from payments_service import telegram_updates
+from payments_service import telegram_updates, wire
 from payments_service.bot_api import BotApi
 from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
 from payments_service.processor import Processor
+from payments_service.reconcile import reconcile_telegram
+from payments_service.refunds import Refunds
 from payments_service.store import Event, Store
+from payments_service.wire import event_message, payment_message, subscription_message
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 500
-_STATUS_NAMES = {
-    "pending": payments_pb2.EVENT_STATUS_PENDING,
-    "processed": payments_pb2.EVENT_STATUS_PROCESSED,
-    "ignored": payments_pb2.EVENT_STATUS_IGNORED,
-    "failed": payments_pb2.EVENT_STATUS_FAILED,
-}
-_STATUS_BY_ENUM = {value: name for name, value in _STATUS_NAMES.items()}
-
-
-def _stamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def event_message(event: Event) -> payments_pb2.Event:
-    return payments_pb2.Event(
-        provider=event.provider,
-        event_id=event.event_id,
-        event_type=event.event_type,
-        status=_STATUS_NAMES[event.status],
-        error=event.error,
-        attempts=event.attempts,
-        received_at=_stamp(event.received_at),
-        processed_at=_stamp(event.processed_at),
-        next_attempt_at=_stamp(event.next_attempt_at) if event.status == "pending" else None,
-        payment_key=event.payment_key or "",
-    )
-
-
-def payment_message(row: dict[str, Any]) -> payments_pb2.Payment:
-    return payments_pb2.Payment(
-        provider=row["provider"],
-        payment_key=row["payment_key"],
-        user_id=row["user_id"] or "",
-        sku=row["sku"] or "",
-        status=row["status"],
-        amount=row["amount"],
-        currency=row["currency"],
-        amount_refunded=row["amount_refunded"],
-        subscription_state=row["subscription_state"],
-        created_at=_stamp(row["created_at"]),
-        updated_at=_stamp(row["updated_at"]),
-    )
-
-
-def subscription_message(row: dict[str, Any]) -> payments_pb2.Subscription:
-    return payments_pb2.Subscription(
-        provider=row["provider"],
-        subscription_id=row["subscription_id"],
-        user_id=row["user_id"] or "",
-        sku=row["sku"],
-        status=row["status"],
-        current_period_start=_stamp(row["current_period_start"]),
-        current_period_end=_stamp(row["current_period_end"]),
-        cancel_at_period_end=row["cancel_at_period_end"],
-        canceled_at=_stamp(row["canceled_at"]),
-        ended_at=_stamp(row["ended_at"]),
-    )
-
-
-def _json_object(payload: bytes, what: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidArgument(f"{what} is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise InvalidArgument(f"{what} is not a JSON object")
-    return parsed
-
-
-PROVIDERS = ("stripe", "telegram")
-MAX_TEXT = 255
-
-
-def _text(name: str, value: str, *, required: bool = False) -> str:
-    if required and not value:
-        raise InvalidArgument(f"{name} is required")
-    if "\x00" in value:
-        raise InvalidArgument(f"{name} holds a NUL character")
-    if len(value) > MAX_TEXT:
-        raise InvalidArgument(f"{name} is longer than {MAX_TEXT} characters")
-    return value
-
-
-def _provider(value: str, *, required: bool = False) -> str:
-    if (value or required) and value not in PROVIDERS:
-        raise InvalidArgument(f"provider must be one of {', '.join(PROVIDERS)}")
-    return value
-
-
-def _page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(requested or 50, MAX_PAGE_SIZE)
-
-
-def _page_token(token: str) -> int | None:
-    if not token:
-        return None
-    if not (token.isascii() and token.isdigit() and len(token) <= 18):
-        raise InvalidArgument("page_token is not one this service gave")
-    return int(token)
-
-
-def _since(stamp: Timestamp, *, required: bool) -> datetime | None:
-    if not stamp.seconds and not stamp.nanos:
-        if required:
-            raise InvalidArgument("since is required")
-        return None
-    if not 0 < stamp.seconds < 253_402_300_799:
-        raise InvalidArgument("since is out of range")
-    return stamp.ToDatetime(tzinfo=UTC)
+# Short names for the conversions and checks the RPC bodies below use.
+_STATUS_BY_ENUM = wire.STATUS_BY_ENUM
+_json_object = wire.json_object
+_text = validation.text
+_provider = validation.provider
+_page_size = wire.page_size
+_page_token = wire.page_token
+_since = wire.since
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -304,61 +196,19 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.RefundPaymentResponse:
-        _provider(request.provider, required=True)
-        _text("payment_key", request.payment_key, required=True)
-        if request.provider == "stripe":
-            # The refund's charge.refunded webhook revokes, as for a refund made in Stripe.
-            await self.checkout.refund_stripe(request.payment_key)
-            refunded = await self.store.get_payment("stripe", request.payment_key)
-            if refunded is None:
-                raise NotFound(f"no payment {request.payment_key}")
-            return payments_pb2.RefundPaymentResponse(payment=payment_message(refunded))
-        purchase = await self.store.telegram_purchase(request.payment_key)
-        if purchase is None or not isinstance(purchase.get("telegram_user_id"), int):
-            raise NotFound(f"no Stars payment {request.payment_key}")
-        await self.bot.refund_star_payment(purchase["telegram_user_id"], request.payment_key)
-        # The revoke goes through the inbox like Telegram's own refunded_payment would, so the
-        # two together still take effect once.
-        refund = telegram_updates.refund_update(
-            request.payment_key,
-            str(purchase.get("invoice_payload", "")),
-            int(purchase.get("total_amount") or 0),
+        payment = await Refunds(self.store, self.processor, self.bot, lambda: self.checkout).refund(
+            _provider(request.provider, required=True),
+            _text("payment_key", request.payment_key, required=True),
         )
-        event, _ = await self.store.record(
-            "telegram",
-            telegram_updates.event_key(refund, "refunded_payment"),
-            "refunded_payment",
-            json.dumps(refund).encode(),
-        )
-        await self.processor.process(event.id)
-        payment = await self.store.get_payment(request.provider, request.payment_key)
-        if payment is None:
-            raise NotFound(f"no payment {request.payment_key}")
         return payments_pb2.RefundPaymentResponse(payment=payment_message(payment))
 
     async def ReconcileTelegram(
         self, request: payments_pb2.ReconcileTelegramRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ReconcileTelegramResponse:
-        transactions = await self.bot.star_transactions()
-        recorded = 0
-        for transaction in transactions:
-            update = telegram_updates.update_from_transaction(transaction)
-            if update is None:
-                continue
-            charge_id = update["message"]["successful_payment"]["telegram_payment_charge_id"]
-            if await self.store.has_payment("telegram", charge_id):
-                continue
-            event, duplicate = await self.store.record(
-                "telegram",
-                telegram_updates.event_key(update, "successful_payment"),
-                "successful_payment",
-                json.dumps(update).encode(),
-            )
-            if not duplicate:
-                recorded += 1
-                await self.processor.process(event.id)
+        reconciled = await reconcile_telegram(self.store, self.processor, self.bot)
         return payments_pb2.ReconcileTelegramResponse(
-            transactions_seen=len(transactions), payments_recorded=recorded
+            transactions_seen=reconciled.transactions_seen,
+            payments_recorded=reconciled.payments_recorded,
         )
 
     async def CreateCheckoutSession(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,23 +12,8 @@ from sqlalchemy import Interval, bindparam, case, func, literal, or_, select, te
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from payments_service.rules import STATUS_RANK, UNKNOWN_RANK
 from payments_service.tables import inbox, invoice_payments, payments, subscriptions
-
-# A purchase's status only moves forward: a late `charge.failed` never hides a success, and a
-# late `charge.succeeded` never hides a refund.
-STATUS_RANK = {
-    "failed": 0,
-    "awaiting_payment": 1,
-    "authorized": 2,
-    "succeeded": 3,
-    # Paid an invoice whose own grant stands for it (Stripe basil): its charge's grant was undone.
-    "superseded": 4,
-    "partially_refunded": 5,
-    "refunded": 6,
-    "disputed": 7,
-    "dispute_lost": 8,
-    "dispute_won": 9,
-}
 
 
 @dataclass(frozen=True)
@@ -170,14 +154,16 @@ def _upsert_payment_statement() -> Any:
         {name: bindparam(name, type_=payments.c[name].type) for name in names}
     )
     incoming, stored = statement.excluded, payments.c
+    # rules.status_after, in SQL: generated from the same ranks.
     rank_of = {status_name: literal(rank) for status_name, rank in STATUS_RANK.items()}
+    unknown = literal(UNKNOWN_RANK)
     return statement.on_conflict_do_update(
         constraint="payments_pkey",
         set_={
             "status": case(
                 (
-                    case(rank_of, value=incoming.status, else_=literal(-1))
-                    >= case(rank_of, value=stored.status, else_=literal(-1)),
+                    case(rank_of, value=incoming.status, else_=unknown)
+                    >= case(rank_of, value=stored.status, else_=unknown),
                     incoming.status,
                 ),
                 else_=stored.status,
@@ -527,8 +513,9 @@ class Store:
             )
             return int(row[0]), row[1], int(failed or 0)
 
-    async def telegram_purchase(self, charge_id: str) -> dict[str, Any] | None:
-        """The successful_payment that brought this charge: buyer and invoice payload."""
+    async def successful_payment_update(self, charge_id: str) -> bytes | None:
+        """The stored successful_payment update that brought this Telegram charge, as received
+        (telegram_updates.stars_purchase reads it)."""
         async with self._single.connect() as connection:
             payload = await connection.scalar(
                 select(inbox.c.payload)
@@ -539,14 +526,7 @@ class Store:
                 )
                 .limit(1)
             )
-        if payload is None:
-            return None
-        update = json.loads(payload)
-        message = update.get("message") or {}
-        return {
-            "telegram_user_id": (message.get("from") or {}).get("id"),
-            **(message.get("successful_payment") or {}),
-        }
+        return None if payload is None else bytes(payload)
 
     async def has_payment(self, provider: str, payment_key: str) -> bool:
         async with self._single.connect() as connection:

@@ -113,7 +113,7 @@ def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerd
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31
 
 
-def _timestamp(value: Any) -> datetime | None:
+def _from_unix(value: Any) -> datetime | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP:
         return datetime.fromtimestamp(value, UTC)
     return None
@@ -143,9 +143,9 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
         sku = sku_of_payload(catalogue, payment.get("invoice_payload"))
         check_price(sku, payment.get("currency"), payment.get("total_amount"))
         telegram_user_id = _user_id(message)
-        purchased_at = _timestamp(message.get("date")) or datetime.now(UTC)
+        purchased_at = _from_unix(message.get("date")) or datetime.now(UTC)
         recurring = payment.get("is_recurring") is True
-        until = _timestamp(payment.get("subscription_expiration_date")) if recurring else None
+        until = _from_unix(payment.get("subscription_expiration_date")) if recurring else None
         if recurring and until is None:
             raise Unprocessable("recurring payment without subscription_expiration_date")
         return Grant(
@@ -178,7 +178,7 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
             subscription_id(telegram_user_id, sku),
             state,
             # Updates carry no time of their own unless we made them: then it is processing time.
-            _timestamp(subscription.get("date")) or datetime.now(UTC),
+            _from_unix(subscription.get("date")) or datetime.now(UTC),
             Payer(telegram_user_id=telegram_user_id),
             sku,
         )
@@ -214,6 +214,39 @@ def update_from_transaction(transaction: dict[str, Any]) -> dict[str, Any] | Non
         payment["is_recurring"] = True
         payment["subscription_expiration_date"] = date + period
     return {"message": {"from": user, "date": date, "successful_payment": payment}}
+
+
+@dataclass(frozen=True)
+class StarsPurchase:
+    """What a refund of a Stars payment needs from the update that brought the payment."""
+
+    telegram_user_id: int
+    invoice_payload: str
+    total_amount: int
+
+
+def stars_purchase(payload: bytes) -> StarsPurchase | None:
+    """The buyer and the payment of a stored successful_payment update; None when the update
+    does not name them (it came from the Internet: nothing in it is taken on trust)."""
+    try:
+        update = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    message = _dict(_dict(update).get("message"))
+    payment = _dict(message.get("successful_payment"))
+    buyer = _dict(message.get("from")).get("id")
+    if not isinstance(buyer, int) or isinstance(buyer, bool):
+        return None
+    total_amount = payment.get("total_amount")
+    return StarsPurchase(
+        telegram_user_id=buyer,
+        invoice_payload=str(payment.get("invoice_payload", "")),
+        total_amount=(
+            total_amount
+            if isinstance(total_amount, int) and not isinstance(total_amount, bool)
+            else 0
+        ),
+    )
 
 
 def refund_update(charge_id: str, invoice_payload: str, total_amount: int) -> dict[str, Any]:

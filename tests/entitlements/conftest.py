@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from entitlements_service.server import build
-from entitlements_service.wire import timestamp
+from entitlements_service.wire import to_proto_time
 from paylayer.settings import Settings
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.conftest import INTERNAL_TOKEN
@@ -65,12 +65,12 @@ def paid(
         entitlement=entitlement,
         source=entitlements_pb2.Source(provider=provider, reference=reference or new_reference()),
         event_id="evt_" + uuid.uuid4().hex,
-        purchased_at=timestamp(purchased_at or datetime.now(UTC)),
+        purchased_at=to_proto_time(purchased_at or datetime.now(UTC)),
     )
     if days is not None:
         request.duration_seconds = int(days * DAY.total_seconds())
     elif until is not None:
-        request.until.CopyFrom(timestamp(until))
+        request.until.CopyFrom(to_proto_time(until))
     else:
         request.lifetime = lifetime
     return request

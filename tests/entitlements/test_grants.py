@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from entitlements_service.wire import moment_of
+from entitlements_service.wire import to_datetime
 from protos.entitlements.v1 import entitlements_pb2
 from protos.entitlements.v1.entitlements_pb2_grpc import EntitlementsServiceStub
 from tests.entitlements.conftest import DAY, ago, check, new_reference, new_user, paid, revoke_of
@@ -29,7 +29,7 @@ async def test_a_paid_grant_is_active_until_its_end_and_explained(
 
     answer = await stub.CheckEntitlement(check(user))
     assert answer.active and not answer.lifetime
-    assert moment_of(answer.expires_at) == moment_of(request.purchased_at) + 30 * DAY
+    assert to_datetime(answer.expires_at) == to_datetime(request.purchased_at) + 30 * DAY
     assert [g.source.reference for g in answer.grants] == [request.source.reference]
     assert answer.grants[0].event_id == request.event_id
 
@@ -58,7 +58,7 @@ async def test_the_same_source_twice_is_one_grant(stub: EntitlementsServiceStub)
     assert first.created and not again.created
     assert again.grant.grant_id == first.grant.grant_id
     answer = await stub.CheckEntitlement(check(user))
-    assert moment_of(answer.expires_at) == moment_of(request.purchased_at) + 30 * DAY
+    assert to_datetime(answer.expires_at) == to_datetime(request.purchased_at) + 30 * DAY
 
 
 async def test_concurrent_duplicate_grants_take_effect_once(
@@ -70,7 +70,7 @@ async def test_concurrent_duplicate_grants_take_effect_once(
     assert sum(reply.created for reply in replies) == 1
     assert len({reply.grant.grant_id for reply in replies}) == 1
     answer = await stub.CheckEntitlement(check(user))
-    assert moment_of(answer.expires_at) == moment_of(request.purchased_at) + 30 * DAY
+    assert to_datetime(answer.expires_at) == to_datetime(request.purchased_at) + 30 * DAY
     async with engine.connect() as connection:
         audited = await connection.scalar(
             text("SELECT count(*) FROM entitlements.audit WHERE reference = :reference"),
@@ -88,11 +88,11 @@ async def test_grants_stack_in_purchase_order_whatever_order_they_arrive_in(
     await stub.GrantEntitlement(newer)
     await stub.GrantEntitlement(older)
     answer = await stub.CheckEntitlement(check(user))
-    assert moment_of(answer.expires_at) == moment_of(older.purchased_at) + 60 * DAY
+    assert to_datetime(answer.expires_at) == to_datetime(older.purchased_at) + 60 * DAY
     windows = {g.source.reference: g for g in answer.grants}
     assert (
-        moment_of(windows[newer.source.reference].starts_at)
-        == moment_of(older.purchased_at) + 30 * DAY
+        to_datetime(windows[newer.source.reference].starts_at)
+        == to_datetime(older.purchased_at) + 30 * DAY
     )
 
 
@@ -110,7 +110,7 @@ async def test_revoking_one_grant_removes_its_time_and_the_others_keep_theirs(
 
     answer = await stub.CheckEntitlement(check(user))
     assert answer.active
-    assert moment_of(answer.expires_at) == moment_of(newer.purchased_at) + 30 * DAY
+    assert to_datetime(answer.expires_at) == to_datetime(newer.purchased_at) + 30 * DAY
     assert [g.source.reference for g in answer.grants] == [newer.source.reference]
 
 
@@ -152,7 +152,7 @@ async def test_vip_passes_a_premium_check_but_premium_never_passes_vip(
 
     premium_check = await stub.CheckEntitlement(check(vip_user, "premium"))
     assert premium_check.active
-    assert moment_of(premium_check.expires_at) == moment_of(vip.purchased_at) + 30 * DAY
+    assert to_datetime(premium_check.expires_at) == to_datetime(vip.purchased_at) + 30 * DAY
     assert [g.entitlement for g in premium_check.grants] == ["vip"]
     assert not (await stub.CheckEntitlement(check(premium_user, "vip"))).active
 
@@ -166,7 +166,7 @@ async def test_premium_and_vip_back_to_back_make_one_continuous_premium_span(
     await stub.GrantEntitlement(premium)
     await stub.GrantEntitlement(vip)
     answer = await stub.CheckEntitlement(check(user, "premium"))
-    assert moment_of(answer.expires_at) == moment_of(vip.purchased_at) + 30 * DAY
+    assert to_datetime(answer.expires_at) == to_datetime(vip.purchased_at) + 30 * DAY
     assert {g.entitlement for g in answer.grants} == {"premium", "vip"}
 
 
@@ -188,7 +188,7 @@ async def test_a_subscription_renewal_extends_to_its_new_date_without_doubling(
     await stub.GrantEntitlement(paid(user, purchased_at=ago(27), until=first_period_end))
     await stub.GrantEntitlement(paid(user, purchased_at=ago(0.1), until=renewed_end))
     answer = await stub.CheckEntitlement(check(user))
-    assert moment_of(answer.expires_at) == renewed_end
+    assert to_datetime(answer.expires_at) == renewed_end
 
 
 async def test_any_arrival_order_of_the_same_events_gives_the_same_answer(
@@ -219,7 +219,7 @@ async def test_any_arrival_order_of_the_same_events_gives_the_same_answer(
             else:
                 await stub.RevokeEntitlement(revoke_of(request))
         answer = await stub.CheckEntitlement(check(user))
-        answers.add(moment_of(answer.expires_at) - base)
+        answers.add(to_datetime(answer.expires_at) - base)
     assert answers == {20 * DAY}
 
 
@@ -345,7 +345,7 @@ async def test_list_shows_every_tier_and_the_grants_with_their_windows(
     statuses = {s.entitlement: s for s in listed.entitlements}
     assert statuses["vip"].active and statuses["premium"].active
     assert [g.source.reference for g in listed.grants] == [vip.source.reference]
-    assert moment_of(listed.grants[0].ends_at) == moment_of(vip.purchased_at) + 30 * DAY
+    assert to_datetime(listed.grants[0].ends_at) == to_datetime(vip.purchased_at) + 30 * DAY
 
     everything = await stub.ListEntitlements(
         entitlements_pb2.ListEntitlementsRequest(user_id=user, include_revoked=True)
@@ -361,5 +361,5 @@ async def test_a_grant_reply_shows_where_it_lands_in_the_stack(
     first = paid(user, purchased_at=ago(1), days=30)
     await stub.GrantEntitlement(first)
     second = await stub.GrantEntitlement(paid(user, days=30))
-    assert moment_of(second.grant.starts_at) == moment_of(first.purchased_at) + 30 * DAY
-    assert moment_of(second.grant.ends_at) == moment_of(first.purchased_at) + 60 * DAY
+    assert to_datetime(second.grant.starts_at) == to_datetime(first.purchased_at) + 30 * DAY
+    assert to_datetime(second.grant.ends_at) == to_datetime(first.purchased_at) + 60 * DAY

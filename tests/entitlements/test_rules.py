@@ -8,96 +8,25 @@ its date, a lifetime covers for ever. Nothing of it is shared with the code unde
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entitlements_service import rules
-from entitlements_service.rules import Grant, Source
-
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-HOUR = timedelta(hours=1)
-TIERS_ANSWERING = {"premium": ("premium", "vip"), "vip": ("vip",)}
-
-
-def at(hour: int) -> datetime:
-    return EPOCH + hour * HOUR
-
-
-@dataclass(frozen=True)
-class Paid:
-    """A grant in whole hours: exactly one of `hours`, `until`, `lifetime`."""
-
-    reference: str
-    entitlement: str
-    purchased: int
-    hours: int | None = None
-    until: int | None = None
-    lifetime: bool = False
-
-    def grant(self) -> Grant:
-        return Grant(
-            grant_id=self.reference,
-            user_id="u",
-            entitlement=self.entitlement,
-            source=Source("stripe", self.reference),
-            event_id="evt_" + self.reference,
-            purchased_at=at(self.purchased),
-            duration=None if self.hours is None else self.hours * HOUR,
-            until=None if self.until is None else at(self.until),
-            lifetime=self.lifetime,
-        )
-
-
-@st.composite
-def purchases(draw: st.DrawFn) -> list[Paid]:
-    count = draw(st.integers(0, 7))
-    found = []
-    for index in range(count):
-        purchased = draw(st.integers(0, 120))
-        entitlement = draw(st.sampled_from(["premium", "premium", "vip"]))
-        kind = draw(st.sampled_from(["hours", "hours", "hours", "until", "lifetime"]))
-        reference = f"pi_{index}"
-        if kind == "hours":
-            found.append(Paid(reference, entitlement, purchased, hours=draw(st.integers(1, 60))))
-        elif kind == "until":
-            until = purchased + draw(st.integers(1, 80))
-            found.append(Paid(reference, entitlement, purchased, until=until))
-        else:
-            found.append(Paid(reference, entitlement, purchased, lifetime=True))
-    return found
-
-
-@dataclass(frozen=True)
-class Story:
-    paid: list[Paid]
-    revoked: frozenset[str]  # references; some never paid (a refund for an unknown payment)
-    events: list[tuple[str, object]]  # ("grant", Paid) or ("revoke", reference), with repeats
-
-
-@st.composite
-def stories(draw: st.DrawFn) -> Story:
-    paid = draw(purchases())
-    references = [p.reference for p in paid] + ["pi_never_paid"]
-    revoked = frozenset(draw(st.lists(st.sampled_from(references), max_size=4)))
-    events: list[tuple[str, object]] = [("grant", p) for p in paid]
-    events += [("revoke", r) for r in sorted(revoked)]
-    # Providers deliver at least once: some events arrive twice.
-    events += draw(st.lists(st.sampled_from(events), max_size=3)) if events else []
-    return Story(paid, revoked, events)
-
-
-def settle(events: list[tuple[str, object]]) -> list[Grant]:
-    ledger: dict[Source, rules.SourceState] = {}
-    for kind, what in events:
-        if kind == "grant":
-            assert isinstance(what, Paid)
-            ledger, _ = rules.record_grant(ledger, what.grant())
-        else:
-            ledger = rules.record_revoke(ledger, Source("stripe", str(what)))
-    return rules.grants_of(ledger)
+from entitlements_service.rules import Grant
+from tests.entitlements.ledger_model import (
+    HOUR,
+    TIERS_ANSWERING,
+    Paid,
+    Story,
+    at,
+    grants_of,
+    purchases,
+    record_grant,
+    record_revoke,
+    settle,
+    stories,
+)
 
 
 def check(grants: list[Grant], entitlement: str, hour: int) -> rules.Answer:
@@ -211,10 +140,10 @@ def test_a_renewal_until_a_later_date_extends_and_never_doubles() -> None:
 
 def test_a_revoke_before_its_grant_leaves_the_grant_revoked() -> None:
     refunded = Paid("pi_r", "premium", purchased=0, hours=30)
-    ledger = rules.record_revoke({}, refunded.grant().source)
-    ledger, created = rules.record_grant(ledger, refunded.grant())
+    ledger = record_revoke({}, refunded.grant().source)
+    ledger, created = record_grant(ledger, refunded.grant())
     assert not created
-    assert not check(rules.grants_of(ledger), "premium", 1).active
+    assert not check(grants_of(ledger), "premium", 1).active
 
 
 def test_vip_answers_a_premium_check_across_a_gap_in_premium() -> None:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from entitlements_service.wire import timestamp
+from entitlements_service.wire import to_proto_time
 from gateway.stripe_webhook import PAYMENTS_DEADLINE_SECONDS
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event, telegram_update
@@ -178,7 +178,7 @@ async def test_entitlements_finishes_the_grant_it_holds_and_the_gateway_never_50
         entitlement="premium",
         source=entitlements_pb2.Source(provider="stripe", reference=reference),
         event_id=f"evt_{secrets.token_hex(6)}",
-        purchased_at=timestamp(datetime.now(UTC)),
+        purchased_at=to_proto_time(datetime.now(UTC)),
         duration_seconds=30 * 86400,
     )
     catalogue = load_catalogue(drain_stack.settings.catalogue_path)
