@@ -205,7 +205,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def ReconcileTelegram(
         self, request: payments_pb2.ReconcileTelegramRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ReconcileTelegramResponse:
-        reconciled = await reconcile_telegram(self.store, self.processor, self.bot)
+        reconciled = await reconcile_telegram(self.store, self.bot)
         return payments_pb2.ReconcileTelegramResponse(
             transactions_seen=reconciled.transactions_seen,
             payments_recorded=reconciled.payments_recorded,
