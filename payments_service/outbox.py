@@ -177,6 +177,7 @@ class Sender:
         receipt_extras: Sequence[ReceiptExtra] = (),
         poll_seconds: float = 0.5,
         batch_size: int = BATCH_SIZE,
+        lease_seconds: float = LEASE.total_seconds(),
     ) -> None:
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._engine = engine
@@ -188,6 +189,7 @@ class Sender:
         self.receipt_extras = list(receipt_extras)
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
+        self._lease = timedelta(seconds=lease_seconds)
         self._worker = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
         self._paused_until = 0.0
         self._wake = asyncio.Event()
@@ -224,7 +226,7 @@ class Sender:
             await asyncio.sleep(pause)
         async with self._single.connect() as connection:
             rows = await connection.execute(
-                _CLAIM, {"limit": self._batch_size, "lease": LEASE, "worker": self._worker}
+                _CLAIM, {"limit": self._batch_size, "lease": self._lease, "worker": self._worker}
             )
             return sorted(rows, key=lambda row: row.id)
 
@@ -414,7 +416,12 @@ class Sender:
             await connection.execute(
                 update(messages)
                 .where(_mine(row.id, self._worker))
-                .values(status="unreachable", error=description[:400], claimed_until=None)
+                .values(
+                    status="unreachable",
+                    error=description[:400],
+                    claimed_until=None,
+                    telegram_user_id=chat_id,  # so a retry knows whom to write to again
+                )
             )
             await connection.execute(
                 update(messages)
@@ -476,4 +483,15 @@ async def retry_message(engine: AsyncEngine, message_id: int) -> dict[str, Any] 
                 .where(telegram_users.c.telegram_user_id == row.telegram_user_id)
                 .values(unreachable_at=None, updated_at=func.now())
             )
+        # Reminders dropped when the user blocked the bot, and not yet due, hold again.
+        await connection.execute(
+            update(messages)
+            .where(
+                messages.c.user_id == row.user_id,
+                messages.c.status == "unreachable",
+                messages.c.kind.in_(sorted(REMINDER_KINDS)),
+                messages.c.due_at > func.now(),
+            )
+            .values(status="pending", error="")
+        )
         return dict(row._mapping)

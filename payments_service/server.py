@@ -15,7 +15,7 @@ from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
 from payments_service.messages import load_texts
 from payments_service.metrics import watch_inbox
-from payments_service.outbox import Sender
+from payments_service.outbox import LEASE, Sender
 from payments_service.processor import Processor
 from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
@@ -77,6 +77,8 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         catalogue,
         load_texts(settings.messages_path),
         checkout_link=checkout_link,
+        # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
+        lease_seconds=float(os.environ.get("PAYMENTS_OUTBOX_LEASE_SECONDS", LEASE.total_seconds())),
     )
     processor.on_notices = sender.kick
     servicer = PaymentsServicer(store, processor, catalogue, bot, checkout)

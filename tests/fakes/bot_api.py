@@ -34,6 +34,8 @@ class FakeBotApi:
     sent: list[dict[str, Any]] = field(default_factory=list)
     too_many_requests: dict[int, tuple[int, int]] = field(default_factory=dict)
     blocked: set[int] = field(default_factory=set)
+    # Per chat: seconds to wait before answering a sendMessage that went out (a slow answer).
+    answer_late: dict[int, float] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
 
@@ -51,6 +53,7 @@ class FakeBotApi:
         self.sent.clear()
         self.too_many_requests.clear()
         self.blocked.clear()
+        self.answer_late.clear()
 
     def sent_to(self, chat_id: int) -> list[str]:
         """The texts a user has received, in order."""
@@ -72,7 +75,7 @@ class FakeBotApi:
                 {"ok": True, "result": f"https://t.me/$invoice{len(self.calls)}"}
             )
         if method == "sendMessage":
-            return self._send_message(params)
+            return await self._send_message(params)
         if method == "refundStarPayment":
             charge = params.get("telegram_payment_charge_id")
             if charge in self.refunded:
@@ -123,7 +126,7 @@ class FakeBotApi:
             {"ok": False, "error_code": 404, "description": "Not Found"}, status=404
         )
 
-    def _send_message(self, params: dict[str, Any]) -> web.Response:
+    async def _send_message(self, params: dict[str, Any]) -> web.Response:
         problem = send_message_problem(params)
         if problem:
             return _bad_request(problem)
@@ -151,6 +154,8 @@ class FakeBotApi:
             )
         message_id = len(self.sent) + 1
         self.sent.append({"chat_id": chat_id, "text": params["text"], "message_id": message_id})
+        if chat_id in self.answer_late:
+            await asyncio.sleep(self.answer_late[chat_id])
         return web.json_response(
             {
                 "ok": True,

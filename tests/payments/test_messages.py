@@ -28,6 +28,7 @@ from tests.payments.helpers import (
 )
 from tests.payments.test_telegram import key_of
 from tests.stack import Stack
+from tests.test_cli import paylayer
 
 
 async def pay(
@@ -239,3 +240,46 @@ def test_a_messages_file_with_an_unknown_placeholder_is_refused(tmp_path: Path) 
     )
     with pytest.raises(MessagesFileError, match="unknown placeholder"):
         load_texts(path)
+
+
+async def test_an_operator_lists_a_users_messages_and_retries_one_after_they_unblock_the_bot(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    catalogue: Catalogue,
+    engine: AsyncEngine,
+    bot_api: FakeBotApi,
+) -> None:
+    buyer = new_buyer()
+    bot_api.blocked.add(buyer)
+    await pay(
+        http,
+        stack,
+        engine,
+        telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d"),
+    )
+    user_id = await user_of_telegram(stack, buyer)
+    await settled_outbox(engine, user_id, {"receipt"})
+    listed = paylayer(stack, "messages", "list", "--user-id", user_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    receipt = next(m for m in json.loads(listed.stdout)["messages"] if m["kind"] == "receipt")
+    assert receipt["status"] == "unreachable"
+    assert "blocked" in receipt["error"]
+
+    bot_api.blocked.discard(buyer)
+    retried = paylayer(stack, "messages", "retry", str(receipt["id"]))
+    assert retried.returncode == 0, retried.stderr
+    await eventually(lambda: _texts(bot_api, buyer), lambda texts: len(texts) == 1)
+    assert "Premium, 30 days" in bot_api.sent_to(buyer)[0]
+    rows = await outbox_of(engine, user_id)
+    assert {row.kind for row in rows if row.status == "pending"} == {
+        "reminder_3d",
+        "reminder_1d",
+        "ended",
+    }, "the reminders dropped while the bot was blocked hold again"
+    # A message that went out is not sent again by a second retry.
+    again = paylayer(stack, "messages", "retry", str(receipt["id"]))
+    assert again.returncode != 0 and "only" in again.stderr
+
+
+async def _texts(bot_api: FakeBotApi, chat_id: int) -> list[str]:
+    return bot_api.sent_to(chat_id)
