@@ -40,12 +40,16 @@ from payments_service.bot_api import BotApi, BotApiError
 from payments_service.downstream import Downstream
 from payments_service.metrics import MESSAGES_FAILED, MESSAGES_SENT, MESSAGES_UNREACHABLE
 from payments_service.tables import messages, payments, telegram_users
+from protos.entitlements.v1 import entitlements_pb2
 
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)  # longer than a send's calls (10 s each at most)
 MAX_ATTEMPTS = 10
 BATCH_SIZE = 20
+# Sends in flight at once per sender: each holds a database connection at times, and the pool
+# is shared with the inbox workers (past its size, each checkout would open a connection).
+CONCURRENT_SENDS = 5
 # Kinds that announce an end of access.
 REMINDER_KINDS = frozenset(rules.REMINDER_KINDS)
 
@@ -64,6 +68,9 @@ async def write(connection: AsyncConnection, rows: Sequence[rules.Message]) -> N
         [{**row.row(), "due_at": row.due_at or datetime.now(UTC)} for row in rows],
     )
     for row in rows:
+        if row.kind == "revoked" and row.params.get("tier"):
+            # Access was taken back: when it now ends is read again as the notice is sent.
+            await drop_reminders(connection, row.user_id, row.params["tier"])
         if row.kind in REMINDER_KINDS and row.ends_at is not None:
             await connection.execute(
                 update(messages)
@@ -193,6 +200,7 @@ class Sender:
         self._worker = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
         self._paused_until = 0.0
         self._wake = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(CONCURRENT_SENDS)
 
     def kick(self) -> None:
         self._wake.set()
@@ -208,7 +216,7 @@ class Sender:
             except Exception as error:  # the database may be restarting
                 log.warning("cannot claim outbox messages: %r", error)
             if claimed:
-                await asyncio.gather(*(self._send(row) for row in claimed))
+                await asyncio.gather(*(self._send_bounded(row) for row in claimed))
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
@@ -237,6 +245,10 @@ class Sender:
                 .where(_mine(message_id, self._worker))
                 .values(claimed_until=None, **values)
             )
+
+    async def _send_bounded(self, row: Any) -> None:
+        async with self._in_flight:
+            await self._send(row)
 
     async def _send(self, row: Any) -> None:
         try:
@@ -284,6 +296,14 @@ class Sender:
             if prepared is None:
                 return
             kind, values["until"], extra_lines = prepared
+        elif kind == "revoked":
+            # What is left (another stacked grant) ends at its own time: remind of that.
+            tier = row.params.get("tier", "")
+            async with self._engine.begin() as connection:
+                # Again now: a receipt sent meanwhile may have written reminders of the old end.
+                await drop_reminders(connection, row.user_id, tier)
+            left = await self.downstream.entitlement_now(row.user_id, tier)
+            await self._schedule_reminders(row, chat_id, left)
         elif kind in REMINDER_KINDS:
             if not await self._still_holds(row):
                 return
@@ -321,20 +341,28 @@ class Sender:
             extras.extend(await extra(context))
         if now.lifetime or not now.HasField("expires_at"):
             return "receipt_lifetime", "", extras
+        await self._schedule_reminders(row, chat_id, now)
         ends_at = now.expires_at.ToDatetime(tzinfo=UTC)
-        if not row.params.get("subscription"):
-            # A subscription renews by itself: its receipts schedule no renewal reminders.
-            recipient = rules.Recipient(row.user_id, chat_id, row.language)
-            due = rules.reminders(
-                recipient,
-                sku=row.params.get("sku", ""),
-                entitlement=entitlement,
-                ends_at=ends_at,
-                now=datetime.now(UTC),
-            )
-            async with self._engine.begin() as connection:
-                await write(connection, due)
         return "receipt", rules.format_until(ends_at.isoformat()), extras
+
+    async def _schedule_reminders(
+        self, row: Any, chat_id: int, now: entitlements_pb2.CheckEntitlementResponse
+    ) -> None:
+        """Write the reminders of when access now ends (none for lifetime, or when it has
+        ended). A subscription renews by itself: its receipts schedule none."""
+        if not now.active or now.lifetime or not now.HasField("expires_at"):
+            return
+        if row.params.get("subscription"):
+            return
+        due = rules.reminders(
+            rules.Recipient(row.user_id, chat_id, row.language),
+            sku=row.params.get("sku", ""),
+            entitlement=row.params.get("tier", ""),
+            ends_at=now.expires_at.ToDatetime(tzinfo=UTC),
+            now=datetime.now(UTC),
+        )
+        async with self._engine.begin() as connection:
+            await write(connection, due)
 
     async def _still_holds(self, row: Any) -> bool:
         """Whether the end a reminder announces is still the end of access."""

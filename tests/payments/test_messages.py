@@ -228,8 +228,10 @@ async def test_a_refund_tells_the_buyer(
     )
     await pay(http, stack, engine, refund)
     user_id = await user_of_telegram(stack, buyer)
-    await settled_outbox(engine, user_id, {"revoked"})
+    rows = await settled_outbox(engine, user_id, {"revoked"})
     assert any("was refunded" in text for text in bot_api.sent_to(buyer))
+    # No reminder of the end of access that is gone.
+    assert [row.kind for row in rows if row.status == "pending"] == []
 
 
 def test_a_messages_file_with_an_unknown_placeholder_is_refused(tmp_path: Path) -> None:
