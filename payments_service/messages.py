@@ -257,6 +257,12 @@ def reminders(
     ]
 
 
+def next_shorter_lead(kind: str) -> timedelta:
+    """The lead of the reminder that follows this one before the end (0 for the last)."""
+    shorter = [lead for lead in REMINDER_LEADS.values() if lead < REMINDER_LEADS[kind]]
+    return max(shorter, default=timedelta(0))
+
+
 def telegram_sender(update: Mapping[str, Any]) -> tuple[int | None, str]:
     """Who a Telegram update came from, and their language_code (either may be missing)."""
     for container_name in ("message", "pre_checkout_query", "subscription", "callback_query"):

@@ -376,7 +376,8 @@ class Sender:
                 and ends is not None
                 and row.ends_at is not None
                 and abs((ends - row.ends_at).total_seconds()) < 1
-                and ends > datetime.now(UTC)
+                # Late (the layer was down): a shorter reminder already due says it better.
+                and ends - datetime.now(UTC) > rules.next_shorter_lead(row.kind)
             )
         if not holds:
             await self._settle(row.id, status="superseded", error="the end of access moved")

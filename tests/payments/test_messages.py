@@ -4,6 +4,8 @@ the real stack and the local Bot API (which records every sendMessage)."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
 from paylayer.cli.trigger import telegram_update
-from payments_service.messages import MessagesFileError, load_texts
+from payments_service.messages import MessagesFileError, Recipient, load_texts, reminders
 from payments_service.tables import messages
 from tests.fakes.bot_api import FakeBotApi
 from tests.payments.helpers import (
@@ -285,3 +287,58 @@ async def test_an_operator_lists_a_users_messages_and_retries_one_after_they_unb
 
 async def _texts(bot_api: FakeBotApi, chat_id: int) -> list[str]:
     return bot_api.sent_to(chat_id)
+
+
+async def test_a_failed_renewal_tells_the_subscriber(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    catalogue: Catalogue,
+    engine: AsyncEngine,
+    bot_api: FakeBotApi,
+) -> None:
+    buyer, now = new_buyer(), int(time.time())
+    first = telegram_update(
+        "payment",
+        catalogue,
+        telegram_user_id=buyer,
+        sku="premium_monthly",
+        recurring_until=now + 30 * DAY,
+        first_recurring=True,
+    )
+    await pay(http, stack, engine, first)
+    failed = telegram_update(
+        "subscription", catalogue, telegram_user_id=buyer, sku="premium_monthly", state="failed"
+    )
+    await pay(http, stack, engine, failed)
+    user_id = await user_of_telegram(stack, buyer)
+    rows = await settled_outbox(engine, user_id, {"receipt", "payment_failed"})
+    assert [row.status for row in rows if row.kind == "payment_failed"] == ["sent"]
+    received = bot_api.sent_to(buyer)
+    assert any("did not go through" in text for text in received), received
+    # A subscription renews by itself: no "access ends" reminders for it.
+    assert not [row for row in rows if row.kind in ("reminder_3d", "reminder_1d", "ended")]
+
+
+@pytest.mark.parametrize(
+    ("days_left", "kinds"),
+    [
+        (30, ["reminder_3d", "reminder_1d", "ended"]),
+        (2.99, ["reminder_3d", "reminder_1d", "ended"]),  # the 3-day one, due now
+        (2, ["reminder_3d", "reminder_1d", "ended"]),  # late, but the nearest (it names the date)
+        (0.5, ["reminder_1d", "ended"]),  # not a late 3-day one: the 1-day one is due too
+        (-1, ["ended"]),
+    ],
+)
+def test_reminders_of_an_end_are_the_ones_still_worth_sending(
+    days_left: float, kinds: list[str]
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ends = now + timedelta(days=days_left)
+    due = reminders(Recipient("u"), sku="premium_30d", entitlement="premium", ends_at=ends, now=now)
+    assert [message.kind for message in due] == kinds
+    assert {message.due_at for message in due if message.kind == "ended"} == {ends}
+    # Keyed by the end: the same end gives the same keys, a moved end new ones.
+    again = reminders(
+        Recipient("u"), sku="premium_30d", entitlement="premium", ends_at=ends, now=now
+    )
+    assert [m.dedupe_key for m in due] == [m.dedupe_key for m in again]
