@@ -32,6 +32,7 @@ PLACEHOLDERS: dict[str, frozenset[str]] = {
     "ended": frozenset({"sku", "tier"}),
     "renew": frozenset({"link", "sku"}),
 }
+MESSAGE_KINDS = tuple(kind for kind in PLACEHOLDERS if kind != "renew")
 REMINDER_KINDS = ("reminder_3d", "reminder_1d", "ended")
 # How long before the end of access each reminder is due.
 REMINDER_LEADS: dict[str, timedelta] = {

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from prometheus_client import Counter, Gauge
 
 from payments_service.intents import FAILURE_CODES
+from payments_service.messages import MESSAGE_KINDS
 from payments_service.store import Store
 
 log = logging.getLogger(__name__)
@@ -84,3 +85,6 @@ MESSAGES_UNREACHABLE = Counter(
     "paylayer_payments_messages_unreachable_total",
     "Users found to have blocked the bot (Telegram answered 403): nothing more goes to them.",
 )
+for _kind in MESSAGE_KINDS:
+    MESSAGES_SENT.labels(_kind)
+    MESSAGES_FAILED.labels(_kind)

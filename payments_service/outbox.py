@@ -142,7 +142,7 @@ _ORPHANED = (
         error="the sender stopped during the call; it may have been sent, so it is not resent",
         claimed_until=None,
     )
-    .returning(messages.c.id)
+    .returning(messages.c.id, messages.c.kind)
 )
 
 
@@ -223,9 +223,9 @@ class Sender:
 
     async def _mark_orphans(self) -> None:
         async with self._single.connect() as connection:
-            orphaned = list(await connection.scalars(_ORPHANED))
-        for message_id in orphaned:
-            MESSAGES_FAILED.labels("unknown").inc()
+            orphaned = list(await connection.execute(_ORPHANED))
+        for message_id, kind in orphaned:
+            MESSAGES_FAILED.labels(kind).inc()
             log.error("message %d: its sender died mid-send; kept as unknown", message_id)
 
     async def _claim(self) -> list[Any]:

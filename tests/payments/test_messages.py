@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import telegram_update
+from paylayer.cli.trigger import stripe_event, telegram_update
 from payments_service.messages import MessagesFileError, Recipient, load_texts, reminders
 from payments_service.tables import messages
 from tests.fakes.bot_api import FakeBotApi
@@ -24,6 +24,7 @@ from tests.payments.helpers import (
     check,
     eventually,
     new_buyer,
+    post_stripe,
     post_telegram,
     user_of_telegram,
     wait_settled,
@@ -342,3 +343,24 @@ def test_reminders_of_an_end_are_the_ones_still_worth_sending(
         Recipient("u"), sku="premium_30d", entitlement="premium", ends_at=ends, now=now
     )
     assert [m.dedupe_key for m in due] == [m.dedupe_key for m in again]
+
+
+async def test_a_card_payments_receipt_reaches_the_buyers_telegram_chat(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    catalogue: Catalogue,
+    engine: AsyncEngine,
+    bot_api: FakeBotApi,
+) -> None:
+    buyer = new_buyer()
+    event = stripe_event(
+        "checkout.session.completed", catalogue, sku="premium_life", telegram_user_id=buyer
+    )
+    status, _ = await post_stripe(http, stack, event)
+    assert status == 200
+    assert (await wait_settled(engine, "stripe", [event["id"]]))[event["id"]] == "processed"
+    user_id = await user_of_telegram(stack, buyer)
+    rows = await settled_outbox(engine, user_id, {"receipt_lifetime"})
+    assert [row.status for row in rows] == ["sent"]  # lifetime: no reminders
+    (text,) = bot_api.sent_to(buyer)
+    assert "Premium for life" in text and "yours for life" in text
