@@ -318,10 +318,22 @@ class Sender:
             # No answer: retried. Telegram may have sent it if the answer alone was lost.
             await self._retry_later(row, str(error))
             return
-        await self._settle(
-            row.id, status="sent", error="", sent_at=func.now(), telegram_message_id=message_id
-        )
         MESSAGES_SENT.labels(row.kind).inc()
+        # Sent: from here on no error may put the row back to be sent again.
+        for attempt in range(3):
+            try:
+                await self._settle(
+                    row.id,
+                    status="sent",
+                    error="",
+                    sent_at=func.now(),
+                    telegram_message_id=message_id,
+                )
+                return
+            except Exception as error:
+                log.warning("message %d sent, not yet marked so: %r", row.id, error)
+                await asyncio.sleep(1 + attempt)
+        # Still `sending` when its lease runs out: kept as unknown, never resent.
 
     async def _prepare_receipt(
         self, row: Any, chat_id: int, language: str

@@ -8,12 +8,12 @@ from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
-from paylayer.settings import Settings
+from paylayer.settings import ConfigError, Settings
 from paylayer.tls import GrpcTls
 from payments_service.bot_api import BotApi
 from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
-from payments_service.messages import load_texts
+from payments_service.messages import MessagesFileError, load_texts
 from payments_service.metrics import watch_inbox
 from payments_service.outbox import LEASE, Sender
 from payments_service.processor import Processor
@@ -32,6 +32,10 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         max_connections=settings.database_pool_size,
     )
     catalogue = load_catalogue(settings.catalogue_path)
+    try:
+        texts = load_texts(settings.messages_path)
+    except MessagesFileError as error:
+        raise ConfigError(f"MESSAGES_PATH: {error}") from None
     tls = GrpcTls.from_settings(settings)
     accounts = open_channel(settings.accounts_addr, settings.internal_token, tls=tls)
     entitlements = open_channel(settings.entitlements_addr, settings.internal_token, tls=tls)
@@ -75,7 +79,7 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         bot,
         downstream,
         catalogue,
-        load_texts(settings.messages_path),
+        texts,
         checkout_link=checkout_link,
         # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
         lease_seconds=float(os.environ.get("PAYMENTS_OUTBOX_LEASE_SECONDS", LEASE.total_seconds())),

@@ -4,6 +4,8 @@ the real stack and the local Bot API (which records every sendMessage)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +32,7 @@ from tests.payments.helpers import (
     wait_settled,
 )
 from tests.payments.test_telegram import key_of
-from tests.stack import Stack
+from tests.stack import Stack, free_port
 from tests.test_cli import paylayer
 
 
@@ -364,3 +366,25 @@ async def test_a_card_payments_receipt_reaches_the_buyers_telegram_chat(
     assert [row.status for row in rows] == ["sent"]  # lifetime: no reminders
     (text,) = bot_api.sent_to(buyer)
     assert "Premium for life" in text and "yours for life" in text
+
+
+def test_payments_refuses_to_start_with_a_broken_messages_file(
+    stack: Stack, tmp_path: Path
+) -> None:
+    broken = tmp_path / "messages.yaml"
+    broken.write_text("languages:\n  en:\n    receipt: 'Paid {amount}'\n")
+    env = {
+        **stack.env,
+        "MESSAGES_PATH": str(broken),
+        "LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    started = subprocess.run(
+        [sys.executable, "-m", "payments_service"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "MESSAGES_PATH" in started.stderr and "{amount}" in started.stderr
