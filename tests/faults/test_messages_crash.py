@@ -163,3 +163,51 @@ async def test_killed_while_telegram_answers_the_receipt_is_not_sent_again(
 
 async def _sent(bot_api: FakeBotApi, chat_id: int) -> list[str]:
     return bot_api.sent_to(chat_id)
+
+
+async def test_a_reminder_that_fell_due_while_payments_was_down_goes_out_once_after_it_starts(
+    crash_stack: Stack, crash_engine: AsyncEngine, bot_api: FakeBotApi
+) -> None:
+    """Three days of access: its 3-day reminder is due at once. Telegram asks the first send
+    to wait (429), and payments is stopped during the wait, with the receipt and the reminder
+    due. Once it is back, each goes out once."""
+    bot_api.reset()
+    catalogue = load_catalogue(crash_stack.settings.catalogue_path)
+    buyer = secrets.randbelow(10**12) + 10**9
+    bot_api.too_many_requests[buyer] = (1, 2)
+    update = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_3d")
+    async with aiohttp.ClientSession() as http:
+        assert (await post_telegram(http, crash_stack, update))[0] == 200
+    user_id = await user_of_telegram(crash_stack, buyer)
+
+    async def outbox() -> list[Any]:
+        async with crash_engine.connect() as connection:
+            return list(
+                await connection.execute(select(messages).where(messages.c.user_id == user_id))
+            )
+
+    waiting = await eventually(
+        outbox,
+        lambda rows: (
+            any(r.kind == "receipt" and r.error.startswith("429") for r in rows)
+            and any(r.kind == "reminder_3d" for r in rows)
+        ),
+    )
+    crash_stack.stop("payments", signal.SIGTERM)
+    due = {row.kind: row.status for row in await outbox()}
+    assert due["receipt"] == "pending" and due["reminder_3d"] == "pending", due
+    assert bot_api.sent_to(buyer) == [], "sent before payments stopped"
+    crash_stack.start("payments")
+    await crash_stack.up()
+    rows = await eventually(
+        outbox,
+        lambda rows: (
+            {r.kind: r.status for r in rows}.get("reminder_3d") == "sent"
+            and {r.kind: r.status for r in rows}.get("receipt") == "sent"
+        ),
+        within=60,
+    )
+    assert len(waiting) >= 2 and len(rows) == len(waiting)
+    received = bot_api.sent_to(buyer)
+    assert len(received) == 2, received
+    assert sum("ends in 3 days" in text for text in received) == 1
