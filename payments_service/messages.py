@@ -8,6 +8,7 @@ template may name only the placeholders its kind offers, checked when the file i
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -278,9 +279,20 @@ def telegram_sender(update: Mapping[str, Any]) -> tuple[int | None, str]:
             valid_id = valid_id and 0 < user_id < 2**63  # type: ignore[operator]
             return (
                 user_id if valid_id else None,  # type: ignore[return-value]
-                language[:16] if isinstance(language, str) else "",
+                _language_code(language),
             )
     return None, ""
+
+
+def _language_code(value: Any) -> str:
+    """An IETF language tag as Telegram sends it (`en`, `pt-br`); anything else is dropped,
+    so a hostile payload cannot make the row that commits with a payment fail."""
+    if isinstance(value, str) and _LANGUAGE.fullmatch(value):
+        return value.lower()
+    return ""
+
+
+_LANGUAGE = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,2}")
 
 
 def format_until(value: str) -> str:

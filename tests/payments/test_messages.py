@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
 from paylayer.cli.trigger import stripe_event, telegram_update
-from payments_service.messages import MessagesFileError, Recipient, load_texts, reminders
+from payments_service.messages import (
+    MessagesFileError,
+    Recipient,
+    load_texts,
+    reminders,
+    telegram_sender,
+)
 from payments_service.tables import messages
 from tests.fakes.bot_api import FakeBotApi
 from tests.payments.helpers import (
@@ -388,3 +394,12 @@ def test_payments_refuses_to_start_with_a_broken_messages_file(
     )
     assert started.returncode == 2, started.stderr[-2000:]
     assert "MESSAGES_PATH" in started.stderr and "{amount}" in started.stderr
+
+
+@pytest.mark.parametrize(
+    ("language_code", "kept"),
+    [("ru", "ru"), ("pt-BR", "pt-br"), ("x\x00", ""), ("<b>en</b>", ""), (42, "")],
+)
+def test_only_a_language_tag_is_remembered_from_an_update(language_code: Any, kept: str) -> None:
+    update = {"message": {"from": {"id": 42, "language_code": language_code}}}
+    assert telegram_sender(update) == (42, kept)
