@@ -110,6 +110,8 @@ class Settings:
     entitlements_addr: str = DEFAULT_ADDRS["entitlements"]
     accounts_addr: str = DEFAULT_ADDRS["accounts"]
     catalogue_path: Path = field(default=REPO_ROOT / "catalogue.yaml")
+    # The texts of the messages users get (receipts, notices, reminders), per language.
+    messages_path: Path = field(default=REPO_ROOT / "messages.yaml")
     # Where this process listens; unset means the default address of its own service.
     listen_addr: str = ""
     metrics_addr: str = ""
@@ -148,6 +150,7 @@ class Settings:
             entitlements_addr=env.get("ENTITLEMENTS_ADDR", DEFAULT_ADDRS["entitlements"]),
             accounts_addr=env.get("ACCOUNTS_ADDR", DEFAULT_ADDRS["accounts"]),
             catalogue_path=Path(env.get("CATALOGUE_PATH", str(REPO_ROOT / "catalogue.yaml"))),
+            messages_path=Path(env.get("MESSAGES_PATH", str(REPO_ROOT / "messages.yaml"))),
             listen_addr=env.get("LISTEN_ADDR", ""),
             metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),

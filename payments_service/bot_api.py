@@ -15,9 +15,14 @@ SUBSCRIPTION_PERIOD_SECONDS = 30 * 24 * 3600
 
 
 class BotApiError(Exception):
-    def __init__(self, method: str, description: str) -> None:
+    def __init__(
+        self, method: str, description: str, error_code: int = 0, retry_after: float = 0.0
+    ) -> None:
         super().__init__(f"{method}: {description}")
         self.description = description
+        # Telegram's error_code (400, 403, 429, 5xx) and, on 429, parameters.retry_after.
+        self.error_code = error_code
+        self.retry_after = retry_after
 
 
 class BotApi:
@@ -40,9 +45,26 @@ class BotApi:
             # Never include the URL: it carries the bot token.
             raise Unavailable(f"Telegram {method} unreachable: {type(error).__name__}") from None
         if not isinstance(body, dict) or not body.get("ok"):
-            description = body.get("description", "") if isinstance(body, dict) else ""
-            raise BotApiError(method, str(description))
+            if not isinstance(body, dict):
+                raise BotApiError(method, "", response.status)
+            code = body.get("error_code")
+            parameters = body.get("parameters")
+            retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
+            raise BotApiError(
+                method,
+                str(body.get("description", ""))[:500],
+                code if isinstance(code, int) else response.status,
+                float(retry_after) if isinstance(retry_after, int | float) else 0.0,
+            )
         return body.get("result")
+
+    async def send_message(self, chat_id: int, text: str) -> int:
+        """Plain text (no parse_mode: nothing in it is markup); the sent message's id."""
+        result = await self.call(
+            "sendMessage", chat_id=chat_id, text=text, link_preview_options={"is_disabled": True}
+        )
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        return message_id if isinstance(message_id, int) else 0
 
     async def create_invoice_link(self, sku: Sku, user_id: str) -> tuple[str, str]:
         if sku.stars is None:

@@ -274,3 +274,27 @@ class Downstream:
         except grpc.aio.AioRpcError as error:
             raise _classify(error, "entitlements.ListEntitlements") from None
         return [grant for grant in reply.grants if not grant.revoked]
+
+    async def telegram_id_of(self, user_id: str) -> int:
+        """The user's Telegram id (0 when they have none): whom a message goes to."""
+        try:
+            reply = await self._accounts.ResolveUser(
+                accounts_pb2.ResolveUserRequest(user_id=user_id), timeout=CALL_DEADLINE_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise _classify(error, "accounts.ResolveUser") from None
+        return int(reply.user.telegram_user_id)
+
+    async def entitlement_now(
+        self, user_id: str, entitlement: str
+    ) -> entitlements_pb2.CheckEntitlementResponse:
+        """Whether the user has this entitlement now, and until when (unset when lifetime)."""
+        try:
+            return await self._entitlements.CheckEntitlement(
+                entitlements_pb2.CheckEntitlementRequest(user_id=user_id, entitlement=entitlement),
+                timeout=CALL_DEADLINE_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _classify(error, "entitlements.CheckEntitlement") from None

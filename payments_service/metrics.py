@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge
 
 from paylayer.validation import PAYMENT_PROVIDERS
 from payments_service.intents import FAILURE_CODES
+from payments_service.messages import MESSAGE_KINDS
 from payments_service.store import Store
 
 log = logging.getLogger(__name__)
@@ -68,3 +69,23 @@ async def watch_inbox(store: Store, interval_seconds: float = 2.0) -> None:
         except Exception as error:  # the database may be restarting; health reports that
             log.debug("inbox gauges not updated: %r", error)
         await asyncio.sleep(interval_seconds)
+
+
+MESSAGES_SENT = Counter(
+    "paylayer_payments_messages_sent_total",
+    "Messages to users that Telegram accepted, by kind (receipt, revoked, reminder_3d, …).",
+    ["kind"],
+)
+MESSAGES_FAILED = Counter(
+    "paylayer_payments_messages_failed_total",
+    "Messages kept as failed (Telegram refused them, too many attempts) or unknown (their "
+    "sender died mid-send), by kind.",
+    ["kind"],
+)
+MESSAGES_UNREACHABLE = Counter(
+    "paylayer_payments_messages_unreachable_total",
+    "Users found to have blocked the bot (Telegram answered 403): nothing more goes to them.",
+)
+for _kind in MESSAGE_KINDS:
+    MESSAGES_SENT.labels(_kind)
+    MESSAGES_FAILED.labels(_kind)

@@ -29,8 +29,8 @@ import os
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
-from payments_service import stripe_events, subscription_effects, telegram_updates
+from payments_service import messages, outbox, stripe_events, subscription_effects, telegram_updates
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
     Grant,
@@ -123,10 +123,12 @@ def _serving(event: Event) -> Iterator[None]:
 
 @dataclass
 class _Done:
-    """How an applied event ends: processed, or ignored with a note."""
+    """How an applied event ends: processed, or ignored with a note; and what the user is
+    told of it (written to the outbox with the event's end)."""
 
     payment_key: str | None
     ignored: str = ""
+    notices: list[messages.Message] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +164,8 @@ class Processor:
         self._batch_size = batch_size
         self._worker_id = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        # Told when messages to users were written (the outbox's sender wakes).
+        self.on_notices: Callable[[], None] | None = None
 
     def kick(self) -> None:
         """A new event is in the inbox: wake a worker now rather than at its next poll."""
@@ -337,18 +341,20 @@ class Processor:
             except Exception as error:
                 await self._batch_failed(to_grant, error)
         finished: list[tuple[Event, str, str, str | None]] = []
+        receipts: list[messages.Message] = []
         for purchase, outcome in zip(to_grant, outcomes, strict=False):
             if outcome is not None:
                 await self._count_failure(purchase.event, outcome)
             else:
                 finished.append((purchase.event, "processed", "", purchase.grant.payment_key))
+                receipts.append(_receipt(purchase.event, purchase.grant, purchase.user_id))
         granting = {id(p) for p in to_grant}
         for purchase in resolved:
             if id(purchase) not in granting:
                 key = purchase.grant.payment_key
                 note = f"payment of invoice {paid_invoices[key]}: the invoice grants"
                 finished.append((purchase.event, "ignored", note, key))
-        await self._finish(finished)
+        await self._finish(finished, receipts)
 
     async def _batch_failed(self, purchases: list[_Purchase], error: Exception) -> None:
         """A step failed for the whole batch. A downstream away is every purchase's problem:
@@ -362,14 +368,24 @@ class Processor:
         for purchase in purchases:
             await self._apply_one(purchase.event, purchase.grant)
 
-    async def _finish(self, finished: list[tuple[Event, str, str, str | None]]) -> None:
+    async def _finish(
+        self,
+        finished: list[tuple[Event, str, str, str | None]],
+        notices: list[messages.Message] | None = None,
+    ) -> None:
         try:
             async with self.store.transaction() as connection:
                 await self.store.finish_claimed(connection, finished)
+                # What users are told commits with the effect, or not at all.
+                if notices:
+                    await outbox.write(connection, notices)
+                    await outbox.remember_languages(connection, _languages(notices))
         except Exception as error:
             for event, *_ in finished:
                 await self._count_failure(event, error)
             return
+        if notices and self.on_notices is not None:
+            self.on_notices()
         for event, outcome, note, key in finished:
             EVENTS_FINISHED.labels(event.provider, event.event_type, outcome).inc()
             with _serving(event):
@@ -386,14 +402,14 @@ class Processor:
                 return
         ignored = intent.reason if isinstance(intent, Ignore) else done.ignored
         outcome = "ignored" if ignored else "processed"
-        await self._finish([(event, outcome, ignored, done.payment_key)])
+        await self._finish([(event, outcome, ignored, done.payment_key)], done.notices)
 
     async def _effect(self, event: Event, intent: Intent) -> _Done:
         event_ref = f"{event.provider}:{event.event_id}"
         if isinstance(intent, Grant):
-            return await self._grant(intent, event_ref)
+            return await self._grant(intent, event_ref, event)
         if isinstance(intent, Revoke):
-            return await self._revoke(intent, event_ref)
+            return await self._revoke(intent, event_ref, event)
         if isinstance(intent, LinkInvoicePayment):
             return await self._link_invoice_payment(intent, event_ref)
         if isinstance(intent, Reinstate):
@@ -412,10 +428,21 @@ class Processor:
             return _Done(intent.payment_key)
         if isinstance(intent, SubscriptionChange):
             async with self.store.transaction() as connection:
-                await subscription_effects.apply_change(
+                user_id = await subscription_effects.apply_change(
                     self.store, self.downstream, connection, intent, event_ref
                 )
-            return _Done(None)
+            notices = []
+            if intent.status == "past_due":
+                notices.append(
+                    messages.payment_failed(
+                        _recipient(event, user_id),
+                        event_ref=event_ref,
+                        sku=intent.sku.name,
+                        entitlement=intent.sku.grants,
+                        provider=intent.provider,
+                    )
+                )
+            return _Done(None, notices=notices)
         if isinstance(intent, SubscriptionState):
             async with self.store.transaction() as connection:
                 await self.store.set_subscription_state(
@@ -423,7 +450,7 @@ class Processor:
                 )
         return _Done(None)
 
-    async def _grant(self, intent: Grant, event_ref: str) -> _Done:
+    async def _grant(self, intent: Grant, event_ref: str, event: Event) -> _Done:
         if _is_subscription_period(intent):
             # Noted on its subscription, and never granted past its end. The subscription's
             # lock is held across these calls: its events are rare, and must see each other.
@@ -452,9 +479,9 @@ class Processor:
             purchased_at=intent.purchased_at,
             until=intent.until,
         )
-        return _Done(intent.payment_key)
+        return _Done(intent.payment_key, notices=[_receipt(event, intent, user_id)])
 
-    async def _revoke(self, intent: Revoke, event_ref: str) -> _Done:
+    async def _revoke(self, intent: Revoke, event_ref: str, event: Event) -> _Done:
         """Revoke the payment's grant, the grant of the invoice it paid if any, and the time a
         won dispute gave back. A revoke before its payment leaves a tombstone: the later grant
         stays revoked."""
@@ -465,8 +492,23 @@ class Processor:
             )
             keys = [key for key in (intent.payment_key, invoice_id) if key is not None]
             given_back = []
+            notices = []
             for key in keys:
                 payment = await self.store.payment_row(connection, intent.provider, key)
+                if (
+                    payment is not None
+                    and payment["user_id"]
+                    and payment["sku"] in self.catalogue.skus
+                ):
+                    notices.append(
+                        messages.revoked(
+                            _recipient(event, payment["user_id"]),
+                            provider=intent.provider,
+                            payment_key=key,
+                            sku=payment["sku"],
+                            entitlement=self.catalogue.skus[payment["sku"]].grants,
+                        )
+                    )
                 if payment is not None and payment["status"] == "dispute_won":
                     given_back.append(reinstated_key(key))
                 await self.store.upsert_payment(
@@ -480,7 +522,7 @@ class Processor:
             await self.downstream.revoke(
                 provider=intent.provider, payment_key=key, event_id=event_ref, reason=intent.status
             )
-        return _Done(intent.payment_key)
+        return _Done(intent.payment_key, notices=notices[:1])
 
     async def _link_invoice_payment(self, intent: LinkInvoicePayment, event_ref: str) -> _Done:
         """Remember which payment paid the invoice, then catch up with what came before: a
@@ -603,6 +645,35 @@ class Processor:
                 delay.total_seconds(),
                 reason,
             )
+
+
+def _recipient(event: Event, user_id: str) -> messages.Recipient:
+    """Whom to tell: a Telegram update names the chat and the user's language."""
+    if event.provider != telegram_updates.PROVIDER:
+        return messages.Recipient(user_id)
+    try:
+        telegram_user_id, language = messages.telegram_sender(json.loads(event.payload))
+    except (ValueError, RecursionError, AttributeError):
+        return messages.Recipient(user_id)
+    return messages.Recipient(user_id, telegram_user_id, language)
+
+
+def _receipt(event: Event, grant: Grant, user_id: str) -> messages.Message:
+    message = messages.receipt(
+        _recipient(event, user_id),
+        provider=grant.provider,
+        payment_key=grant.payment_key,
+        sku=grant.sku.name,
+        entitlement=grant.sku.grants,
+        lifetime=grant.sku.lifetime,
+    )
+    if grant.subscription_id is not None:
+        message.params["subscription"] = grant.subscription_id
+    return message
+
+
+def _languages(notices: list[messages.Message]) -> dict[int, str]:
+    return {n.telegram_user_id: n.language for n in notices if n.telegram_user_id and n.language}
 
 
 def _is_subscription_period(grant: Grant) -> bool:

@@ -8,12 +8,14 @@ from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
-from paylayer.settings import Settings
+from paylayer.settings import ConfigError, Settings
 from paylayer.tls import GrpcTls
 from payments_service.bot_api import BotApi
 from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
+from payments_service.messages import MessagesFileError, load_texts
 from payments_service.metrics import watch_inbox
+from payments_service.outbox import LEASE, Sender
 from payments_service.processor import Processor
 from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
@@ -30,15 +32,20 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         max_connections=settings.database_pool_size,
     )
     catalogue = load_catalogue(settings.catalogue_path)
+    try:
+        texts = load_texts(settings.messages_path)
+    except MessagesFileError as error:
+        raise ConfigError(f"MESSAGES_PATH: {error}") from None
     tls = GrpcTls.from_settings(settings)
     accounts = open_channel(settings.accounts_addr, settings.internal_token, tls=tls)
     entitlements = open_channel(settings.entitlements_addr, settings.internal_token, tls=tls)
     bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
     store = Store(engine)
     workers = int(os.environ.get("PAYMENTS_WORKERS", workers))
+    downstream = Downstream(accounts, entitlements)
     processor = Processor(
         store,
-        Downstream(accounts, entitlements),
+        downstream,
         catalogue,
         workers=workers,
         stripe_livemode=settings.stripe_livemode,
@@ -55,6 +62,29 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         success_url=settings.checkout_success_url,
         cancel_url=settings.checkout_cancel_url,
     )
+
+    async def checkout_link(user_id: str, sku_name: str, message_id: int) -> str:
+        url, _ = await checkout.create_checkout_session(
+            user_id=user_id,
+            telegram_user_id=0,
+            sku_name=sku_name,
+            success_url="",
+            cancel_url="",
+            request_id=f"renewal:{message_id}",
+        )
+        return url
+
+    sender = Sender(
+        engine,
+        bot,
+        downstream,
+        catalogue,
+        texts,
+        checkout_link=checkout_link,
+        # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
+        lease_seconds=float(os.environ.get("PAYMENTS_OUTBOX_LEASE_SECONDS", LEASE.total_seconds())),
+    )
+    processor.on_notices = sender.kick
     servicer = PaymentsServicer(store, processor, catalogue, bot, checkout)
 
     async def close() -> None:
@@ -74,6 +104,7 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         ),
         background=[
             processor.run_workers,
+            sender.run,
             lambda: watch_inbox(store),
             lambda: forget_old_events(store, settings.inbox_retention_days),
         ],

@@ -11,7 +11,7 @@ from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
 from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
 from paylayer.logs import REQUEST_ID_HEADER
-from payments_service import telegram_updates, wire
+from payments_service import outbox, telegram_updates, wire
 from payments_service.bot_api import BotApi
 from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
@@ -19,7 +19,13 @@ from payments_service.processor import Processor
 from payments_service.reconcile import reconcile_telegram
 from payments_service.refunds import Refunds
 from payments_service.store import Event, Store
-from payments_service.wire import event_message, payment_message, subscription_message
+from payments_service.tables import MESSAGE_STATUSES
+from payments_service.wire import (
+    event_message,
+    outbox_message,
+    payment_message,
+    subscription_message,
+)
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -305,3 +311,40 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         if replayed:
             self.processor.kick()
         return payments_pb2.ReplayEventsResponse(replayed=len(replayed))
+
+    async def ListMessages(
+        self, request: payments_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListMessagesResponse:
+        if request.status and request.status not in MESSAGE_STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(MESSAGE_STATUSES)}")
+        limit = _page_size(request.page_size)
+        rows = await outbox.list_messages(
+            self.store.engine,
+            user_id=_text("user_id", request.user_id),
+            status=request.status,
+            limit=limit,
+            before_id=_page_token(request.page_token),
+        )
+        return payments_pb2.ListMessagesResponse(
+            messages=[outbox_message(row) for row in rows],
+            next_page_token=str(rows[-1]["id"]) if len(rows) == limit else "",
+        )
+
+    async def RetryMessage(
+        self, request: payments_pb2.RetryMessageRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.RetryMessageResponse:
+        if request.message_id <= 0:
+            raise InvalidArgument("message_id is required")
+        row = await outbox.retry_message(self.store.engine, request.message_id)
+        if row is None:
+            existing = await outbox.list_messages(
+                self.store.engine, user_id="", status="", limit=1, before_id=request.message_id + 1
+            )
+            if not existing or existing[0]["id"] != request.message_id:
+                raise NotFound(f"no message {request.message_id}")
+            raise FailedPrecondition(
+                f"message is {existing[0]['status']}; only "
+                f"{', '.join(outbox.RETRYABLE_STATUSES)} messages are retried"
+            )
+        log.info("message %d put back to be sent by %s", row["id"], caller_var.get())
+        return payments_pb2.RetryMessageResponse(message=outbox_message(row))

@@ -79,7 +79,8 @@ async def apply_change(
     connection: Any,
     change: SubscriptionChange,
     event_ref: str,
-) -> None:
+) -> str:
+    """Merge the change and act on it; the subscriber's user id."""
     user_id = await downstream.resolve_payer(change.payer)
     stored, merged = await _merge(store, connection, change, user_id)
     grace_from = change.grace_from
@@ -90,6 +91,7 @@ async def apply_change(
         await _grant_grace(downstream, change, user_id, grace_from, merged.ended_at, event_ref)
     if merged.ended_at is not None:
         await _cut(store, downstream, connection, change, user_id, merged.ended_at, event_ref)
+    return user_id
 
 
 async def _grant_grace(

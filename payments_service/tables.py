@@ -135,3 +135,69 @@ subscriptions = Table(
     PrimaryKeyConstraint("provider", "subscription_id", name="subscriptions_pkey"),
 )
 Index("subscriptions_user_idx", subscriptions.c.user_id, subscriptions.c.created_at)
+
+MESSAGE_STATUSES = (
+    "pending",  # to send once due
+    "sending",  # claimed: a sender is calling Telegram
+    "sent",
+    "failed",  # Telegram refused it (400) or it was tried too often: kept with its reason
+    "unknown",  # its sender died mid-call: it may have gone out, so it is not sent again
+    "unreachable",  # the user blocked the bot
+    "superseded",  # a reminder for an end that has moved
+    "no_chat",  # the user has no Telegram identity to write to
+)
+
+# The outbox: every message to a user, written in the transaction of the effect it tells of,
+# keyed so that a replayed event writes it once (payments_service/outbox.py sends them).
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("dedupe_key", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("telegram_user_id", BigInteger),
+    Column("language", Text, nullable=False, server_default=""),
+    Column("params", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # Reminders: the end of access they announce (checked again before sending).
+    Column("entitlement", Text),
+    Column("ends_at", DateTime(timezone=True)),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("error", Text, nullable=False, server_default=""),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("due_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("claimed_by", Text),
+    Column("telegram_message_id", BigInteger),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+    UniqueConstraint("dedupe_key", name="messages_dedupe_key_key"),
+    CheckConstraint(
+        "status IN ('pending', 'sending', 'sent', 'failed', 'unknown', 'unreachable',"
+        " 'superseded', 'no_chat')",
+        name="messages_status_check",
+    ),
+)
+Index(
+    "messages_due_idx",
+    messages.c.due_at,
+    postgresql_where=text("status IN ('pending', 'sending')"),
+)
+Index("messages_user_idx", messages.c.user_id, messages.c.id)
+Index(
+    "messages_reminders_idx",
+    messages.c.user_id,
+    messages.c.entitlement,
+    postgresql_where=text("status = 'pending' AND entitlement IS NOT NULL"),
+)
+
+# What payments knows of a Telegram user: the language of their last update, and whether they
+# blocked the bot.
+telegram_users = Table(
+    "telegram_users",
+    metadata,
+    Column("telegram_user_id", BigInteger, primary_key=True),
+    Column("language_code", Text, nullable=False, server_default=""),
+    Column("unreachable_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -78,6 +78,23 @@ def subscription_message(row: dict[str, Any]) -> payments_pb2.Subscription:
     )
 
 
+def outbox_message(row: dict[str, Any]) -> payments_pb2.OutboxMessage:
+    return payments_pb2.OutboxMessage(
+        id=row["id"],
+        kind=row["kind"],
+        user_id=row["user_id"],
+        telegram_user_id=row["telegram_user_id"] or 0,
+        status=row["status"],
+        error=row["error"],
+        attempts=row["attempts"],
+        due_at=to_proto_time(row["due_at"]),
+        sent_at=to_proto_time(row["sent_at"]),
+        created_at=to_proto_time(row["created_at"]),
+        ends_at=to_proto_time(row["ends_at"]),
+        entitlement=row["entitlement"] or "",
+    )
+
+
 def json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
         parsed = json.loads(payload)

@@ -131,6 +131,7 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
         (ACCOUNTS + "ResolveUser", lambda: _resolve(create=True)),
         (ENTITLEMENTS + "GrantEntitlement", lambda: _manual_grant(str(uuid.uuid4()))),
         (PAYMENTS + "ReplayEvent", _replay),
+        (PAYMENTS + "ListMessages", lambda: payments_pb2.ListMessagesRequest(page_size=1)),
     ],
 }
 REFUSED: dict[str, list[tuple[str, Any]]] = {
@@ -156,6 +157,7 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
         (ACCOUNTS + "ReportAccountSnapshot", _snapshot),
         (PAYMENTS + "RefundPayment", _refund),
         (PAYMENTS + "HandleStripeEvent", _stripe_payload),
+        (PAYMENTS + "RetryMessage", lambda: payments_pb2.RetryMessageRequest(message_id=1)),
     ],
     "mt5": [
         (ACCOUNTS + "GetAccount", _get_account),
@@ -167,6 +169,7 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
         (ENTITLEMENTS + "GrantEntitlement", lambda: _stripe_grant(str(uuid.uuid4()))),
         (PAYMENTS + "RefundPayment", _refund),
         (PAYMENTS + "HandleStripeEvent", _stripe_payload),
+        (PAYMENTS + "ListMessages", lambda: payments_pb2.ListMessagesRequest(page_size=1)),
     ],
     "operator": [],
 }

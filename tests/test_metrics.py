@@ -7,11 +7,13 @@ import secrets
 import aiohttp
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
+from payments_service.tables import messages
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.payments.helpers import eventually, post_stripe, wait_settled
@@ -28,13 +30,37 @@ async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     }
 
 
+async def outbox_quiet(engine: AsyncEngine) -> None:
+    """Wait until payments is sending no message to a user: its sender's own calls (who the
+    user is, when access ends) would count among the RPCs a test sends."""
+
+    async def busy() -> int:
+        async with engine.connect() as connection:
+            return int(
+                await connection.scalar(
+                    select(func.count())
+                    .select_from(messages)
+                    .where(
+                        messages.c.status.in_(("pending", "sending")),
+                        messages.c.due_at <= func.now(),
+                    )
+                )
+                or 0
+            )
+
+    await eventually(busy, lambda count: count == 0)
+
+
 def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def test_grpc_metrics_count_each_rpc_by_method_and_code(stack: Stack) -> None:
+async def test_grpc_metrics_count_each_rpc_by_method_and_code(
+    stack: Stack, engine: AsyncEngine
+) -> None:
     url = f"http://{stack.metrics_addrs['entitlements']}/metrics"
     handled = "paylayer_grpc_server_handled_total"
+    await outbox_quiet(engine)
     before = await scrape(url)
     async with open_channel(stack.addrs["entitlements"], stack.settings.internal_token) as channel:
         stub = entitlements_pb2_grpc.EntitlementsServiceStub(channel)
@@ -135,10 +161,11 @@ async def test_gateway_and_payments_metrics_agree_with_the_webhooks_sent(
     )
 
 
-async def test_accounts_metrics_count_its_rpcs(stack: Stack) -> None:
+async def test_accounts_metrics_count_its_rpcs(stack: Stack, engine: AsyncEngine) -> None:
     url = f"http://{stack.metrics_addrs['accounts']}/metrics"
     handled = "paylayer_grpc_server_handled_total"
     labels = {"service": "accounts", "method": "ResolveUser"}
+    await outbox_quiet(engine)
     before = await scrape(url)
     async with open_channel(stack.addrs["accounts"], stack.settings.internal_token) as channel:
         stub = accounts_pb2_grpc.AccountsServiceStub(channel)

@@ -29,6 +29,13 @@ class FakeBotApi:
     webhook: dict[str, Any] = field(default_factory=dict)
     pending_update_count: int = 0
     last_error_message: str = ""
+    # sendMessage: what each chat was sent, and the refusals a test asks for (per chat: 429
+    # with retry_after for the next N calls, or 403 for ever, as a user who blocked the bot).
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    too_many_requests: dict[int, tuple[int, int]] = field(default_factory=dict)
+    blocked: set[int] = field(default_factory=set)
+    # Per chat: seconds to wait before answering a sendMessage that went out (a slow answer).
+    answer_late: dict[int, float] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
 
@@ -43,6 +50,14 @@ class FakeBotApi:
         self.refunded.clear()
         self.webhook.clear()
         self.pending_update_count, self.last_error_message = 0, ""
+        self.sent.clear()
+        self.too_many_requests.clear()
+        self.blocked.clear()
+        self.answer_late.clear()
+
+    def sent_to(self, chat_id: int) -> list[str]:
+        """The texts a user has received, in order."""
+        return [m["text"] for m in self.sent if m["chat_id"] == chat_id]
 
     def calls_of(self, method: str) -> list[dict[str, Any]]:
         return [params for name, params in self.calls if name == method]
@@ -59,6 +74,8 @@ class FakeBotApi:
             return web.json_response(
                 {"ok": True, "result": f"https://t.me/$invoice{len(self.calls)}"}
             )
+        if method == "sendMessage":
+            return await self._send_message(params)
         if method == "refundStarPayment":
             charge = params.get("telegram_payment_charge_id")
             if charge in self.refunded:
@@ -109,6 +126,48 @@ class FakeBotApi:
             {"ok": False, "error_code": 404, "description": "Not Found"}, status=404
         )
 
+    async def _send_message(self, params: dict[str, Any]) -> web.Response:
+        problem = send_message_problem(params)
+        if problem:
+            return _bad_request(problem)
+        chat_id = params["chat_id"]
+        if chat_id in self.blocked:
+            return web.json_response(
+                {
+                    "ok": False,
+                    "error_code": 403,
+                    "description": "Forbidden: bot was blocked by the user",
+                },
+                status=403,
+            )
+        refusals, retry_after = self.too_many_requests.get(chat_id, (0, 0))
+        if refusals > 0:
+            self.too_many_requests[chat_id] = (refusals - 1, retry_after)
+            return web.json_response(
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": f"Too Many Requests: retry after {retry_after}",
+                    "parameters": {"retry_after": retry_after},
+                },
+                status=429,
+            )
+        message_id = len(self.sent) + 1
+        self.sent.append({"chat_id": chat_id, "text": params["text"], "message_id": message_id})
+        if chat_id in self.answer_late:
+            await asyncio.sleep(self.answer_late[chat_id])
+        return web.json_response(
+            {
+                "ok": True,
+                "result": {
+                    "message_id": message_id,
+                    "date": 1_760_000_000,
+                    "chat": {"id": chat_id, "type": "private"},
+                    "text": params["text"],
+                },
+            }
+        )
+
     def start(self) -> None:
         ready = threading.Event()
 
@@ -149,6 +208,33 @@ def _bad_request(description: str) -> web.Response:
     return web.json_response(
         {"ok": False, "error_code": 400, "description": f"Bad Request: {description}"}, status=400
     )
+
+
+SEND_MESSAGE_PARAMETERS = frozenset(
+    "business_connection_id chat_id message_thread_id direct_messages_topic_id text parse_mode "
+    "entities link_preview_options disable_notification protect_content allow_paid_broadcast "
+    "message_effect_id suggested_post_parameters reply_parameters reply_markup".split()
+)
+MAX_TEXT = 4096
+
+
+def send_message_problem(params: dict[str, Any]) -> str | None:
+    """What Telegram would refuse in a sendMessage call: a chat id, text of 1-4096 characters
+    (after entity parsing; none here), only known parameters."""
+    if set(params) - SEND_MESSAGE_PARAMETERS:
+        return f"unknown parameters {sorted(set(params) - SEND_MESSAGE_PARAMETERS)}"
+    chat_id = params.get("chat_id")
+    if isinstance(chat_id, bool) or not isinstance(chat_id, int | str) or chat_id in ("", 0):
+        return "chat not found"
+    text = params.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return "message text is empty"
+    if len(text) > MAX_TEXT:
+        return "message is too long"
+    mode = params.get("parse_mode")
+    if mode is not None and mode not in ("HTML", "Markdown", "MarkdownV2"):
+        return "unsupported parse_mode"
+    return None
 
 
 def set_webhook_problem(params: dict[str, Any]) -> str | None:
