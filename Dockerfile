@@ -4,7 +4,7 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
-COPY pyproject.toml Makefile catalogue.yaml ./
+COPY pyproject.toml Makefile ./
 COPY protos protos
 COPY paylayer paylayer
 COPY gateway gateway

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
+from paylayer.settings import DEFAULT_PAYMENTS_WORKERS
 from payments_service import stripe_events, subscription_effects, telegram_updates
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
@@ -146,7 +147,7 @@ class Processor:
         downstream: Downstream,
         catalogue: Catalogue,
         *,
-        workers: int = 2,
+        workers: int = DEFAULT_PAYMENTS_WORKERS,
         poll_seconds: float = 0.5,
         stripe_livemode: bool = False,
         database_url: str = "",

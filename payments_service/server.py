@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
@@ -22,7 +20,7 @@ from payments_service.stripe_api import StripeApi
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
-def build(settings: Settings, *, workers: int = 2) -> GrpcService:
+def build(settings: Settings) -> GrpcService:
     engine = create_engine(
         settings.database_url,
         application_name="payments",
@@ -35,12 +33,11 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
     entitlements = open_channel(settings.entitlements_addr, settings.internal_token, tls=tls)
     bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
     store = Store(engine)
-    workers = int(os.environ.get("PAYMENTS_WORKERS", workers))
     processor = Processor(
         store,
         Downstream(accounts, entitlements),
         catalogue,
-        workers=workers,
+        workers=settings.payments_workers,
         stripe_livemode=settings.stripe_livemode,
         database_url=settings.database_url,
     )

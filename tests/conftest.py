@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paylayer.callers import CALLER_NAMES
 from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded, with_database
-from paylayer.migrations import upgrade_all
+from paylayer.ops.migrations import upgrade_all
 from paylayer.settings import REPO_ROOT, Settings
 from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack, make_stack

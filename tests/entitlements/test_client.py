@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from entitlements_service.client import EntitlementsClient, expires_at
 from entitlements_service.server import build
-from paylayer.processes import free_port
+from paylayer.ops.processes import free_port
 from paylayer.settings import Settings
 from tests.entitlements.conftest import DAY, new_user, paid, revoke_of
 from tests.grpc_helpers import serving

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.stripe_webhook import Rejected, verify
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event
+from paylayer.ops.factories import sign_stripe, stripe_event
 from paylayer.settings import REPO_ROOT, ConfigError, Settings
 from payments_service.intents import (
     Grant,

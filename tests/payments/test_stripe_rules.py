@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import stripe_event
-from paylayer.settings import REPO_ROOT
+from paylayer.ops.factories import stripe_event
+from paylayer.settings import DEFAULT_CATALOGUE_PATH
 from payments_service.intents import (
     Grant,
     Ignore,
@@ -23,7 +23,7 @@ from payments_service.stripe_events import interpret
 
 @pytest.fixture(scope="module")
 def catalogue() -> Catalogue:
-    return load_catalogue(REPO_ROOT / "catalogue.yaml")
+    return load_catalogue(DEFAULT_CATALOGUE_PATH)
 
 
 @pytest.mark.parametrize(
