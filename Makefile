@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Generated code is never committed: it is rebuilt from the .proto files with the pinned tools.
+# Generated code is never committed: it is rebuilt from the .proto files with the pinned tools
+# (a wheel makes its own: setup.py's build hook).
 protos: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . \
 		--python_out=. --grpc_python_out=. \
