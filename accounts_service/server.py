@@ -1,8 +1,8 @@
 """Composition root of the accounts service: engine, servicer, and the shared gRPC kit."""
 
+from accounts_service.entitlements_client import TierCaps
 from accounts_service.servicer import AccountsServicer
 from accounts_service.store import AccountsStore
-from accounts_service.tiers import TierCaps
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel

@@ -11,8 +11,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from accounts_service import rules
+from accounts_service.entitlements_client import TierCaps
 from accounts_service.store import IDENTITY_LABELS, AccountsStore, IdentityKind
-from accounts_service.tiers import TierCaps
 from paylayer.callers import MAY_CREATE_USERS, caller_var
 from paylayer.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc

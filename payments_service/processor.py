@@ -47,11 +47,10 @@ from payments_service.intents import (
     Ignore,
     Intent,
     LinkInvoicePayment,
-    Record,
+    PaymentNote,
     Reinstate,
     Revoke,
     SubscriptionChange,
-    SubscriptionState,
     Unprocessable,
 )
 from payments_service.metrics import EVENT_RETRIES, EVENTS_FAILED, EVENTS_FINISHED
@@ -399,7 +398,7 @@ class Processor:
             return await self._link_invoice_payment(intent, event_ref)
         if isinstance(intent, Reinstate):
             return await self._reinstate(intent, event_ref)
-        if isinstance(intent, Record):
+        if isinstance(intent, PaymentNote):
             async with self.store.transaction() as connection:
                 await self.store.upsert_payment(
                     connection,
@@ -417,11 +416,6 @@ class Processor:
                     self.store, self.downstream, connection, intent, event_ref
                 )
             return _Done(None)
-        if isinstance(intent, SubscriptionState):
-            async with self.store.transaction() as connection:
-                await self.store.set_subscription_state(
-                    connection, intent.provider, intent.subscription_id, intent.state
-                )
         return _Done(None)
 
     async def _grant(self, intent: Grant, event_ref: str) -> _Done:
