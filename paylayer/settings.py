@@ -190,6 +190,9 @@ class Settings:
     payments_workers: int = _setting(
         "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS, "inbox workers, each applying a batch at once"
     )
+    trigger_disabled: bool = _setting(
+        "PAYLAYER_TRIGGER_DISABLED", False, "set (the production image): `paylayer trigger` refuses"
+    )
     otel_exporter_otlp_endpoint: str = _setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT", "", "where spans go; unset: tracing is off"
     )
@@ -230,6 +233,7 @@ class Settings:
             shutdown_grace_seconds=_seconds(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),
+            trigger_disabled=bool(env.get("PAYLAYER_TRIGGER_DISABLED", "").strip()),
             otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         )
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Mapping
 
 import aiohttp
 
 from paylayer.catalogue import load_catalogue
 from paylayer.cli.common import UserError, settings
-from paylayer.devsecrets import load_dev_env
 from paylayer.ops.factories import sign_stripe, stripe_event, telegram_update
-from paylayer.settings import DEFAULT_ADDRS
+from paylayer.settings import DEFAULT_ADDRS, Settings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -53,28 +51,17 @@ async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, str]
         raise UserError(f"cannot reach the gateway at {url}: {error}") from None
 
 
-# Set in the production image: there, nothing may forge a signed webhook.
-DISABLED_VARIABLE = "PAYLAYER_TRIGGER_DISABLED"
-LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
-
-
-def refuse_when_live(env: Mapping[str, str]) -> None:
+def refuse_when_live(config: Settings) -> None:
     """A signed fake webhook against a live deployment would grant real access for nothing."""
-    if env.get(DISABLED_VARIABLE):
-        raise UserError(f"trigger is disabled in this image ({DISABLED_VARIABLE} is set)")
-    livemode = env.get("STRIPE_LIVEMODE", "").strip().lower()
-    live = (
-        livemode in ("1", "true", "yes")
-        if livemode
-        else env.get("STRIPE_API_KEY", "").startswith(LIVE_KEY_PREFIXES)
-    )
-    if live:
+    if config.trigger_disabled:
+        raise UserError("trigger is disabled in this image (PAYLAYER_TRIGGER_DISABLED is set)")
+    if config.stripe_livemode:
         raise UserError("refusing to sign webhooks for a live deployment (Stripe live mode)")
 
 
 def _trigger_stripe(args: argparse.Namespace) -> int:
-    refuse_when_live(load_dev_env())
     config = settings()
+    refuse_when_live(config)
     if not config.stripe_webhook_secrets:
         raise UserError(
             "STRIPE_WEBHOOK_SECRETS is not set (and no `paylayer dev` secrets were found)"
@@ -104,8 +91,8 @@ def _trigger_stripe(args: argparse.Namespace) -> int:
 
 
 def _trigger_telegram(args: argparse.Namespace) -> int:
-    refuse_when_live(load_dev_env())
     config = settings()
+    refuse_when_live(config)
     if not config.telegram_webhook_secret:
         raise UserError(
             "TELEGRAM_WEBHOOK_SECRET is not set (and no `paylayer dev` secrets were found)"
