@@ -56,16 +56,6 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
 
-def _count(name: str, value: str) -> int:
-    try:
-        count = int(value or "0")
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
-    if count < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return count
-
-
 def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name, "").strip()
     if not value:
@@ -229,7 +219,7 @@ class Settings:
             listen_addr=env.get("LISTEN_ADDR", ""),
             metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
-            database_pool_size=_count("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "0")),
+            database_pool_size=_whole_number(env, "DATABASE_POOL_SIZE", 0),
             shutdown_grace_seconds=_seconds(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),

@@ -60,8 +60,9 @@ def admin_database_url() -> Iterator[str]:
 
 
 @contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A database of its own on the server of `admin_url`, migrated to head, dropped after."""
+def fresh_database(admin_url: str, *, migrated: bool = True) -> Iterator[str]:
+    """A database of its own on the server of `admin_url`, migrated to head (unless told
+    otherwise), dropped after."""
     name = f"paylayer_test_{os.getpid()}_{secrets.token_hex(3)}"
 
     async def admin(sql: str) -> None:
@@ -74,7 +75,8 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = with_database(admin_url, name)
     try:
-        upgrade_all(url)
+        if migrated:
+            upgrade_all(url)
         yield url
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -7,7 +7,6 @@ pip's cache for the build requirements and the dependencies.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shutil
@@ -18,13 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from paylayer.embedded_pg import with_database
 from paylayer.ops.processes import free_port
 from paylayer.ops.services import MODULES
 from paylayer.settings import REPO_ROOT
+from tests.conftest import fresh_database
 
 # What a wheel is built from: the sources as committed, never generated code or local state.
 NOT_SOURCES = shutil.ignore_patterns(
@@ -46,27 +44,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = (work / "dist").glob("paylayer-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], **run)
     bin_dir = work / "venv" / "bin"
-    subprocess.run([str(bin_dir / "pip"), "install", "--quiet", str(wheel)], **run)
+    subprocess.run([str(bin_dir / "pip"), "install", "--quiet", "--no-compile", str(wheel)], **run)
     return bin_dir
 
 
 @pytest.fixture
 def empty_database(admin_database_url: str) -> Iterator[str]:
     """A database with nothing in it: the installed CLI migrates it."""
-    name = f"paylayer_wheel_{os.getpid()}_{secrets.token_hex(3)}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(admin_database_url)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(admin_database_url, name)
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(admin_database_url, migrated=False) as url:
+        yield url
 
 
 @pytest.mark.timeout(600)
