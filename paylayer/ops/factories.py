@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import stripe
@@ -26,6 +27,23 @@ def _id(prefix: str) -> str:
 def sign_stripe(body: str, secret: str, timestamp: int | None = None) -> str:
     """The `Stripe-Signature` header Stripe would send for this body."""
     return str(stripe.WebhookSignature.generate_signature_header(body, secret, timestamp))
+
+
+@dataclass(frozen=True)
+class _Purchase:
+    """What every Stripe object of one purchase shares."""
+
+    now: int
+    price: int
+    currency: str
+    metadata: dict[str, str]
+    customer: str | None
+    payment_intent: str
+    charge: str
+    telegram_user_id: int | None
+    subscription: str | None
+    period_end: int | None
+    amount_refunded: int | None
 
 
 def stripe_event(
@@ -48,11 +66,8 @@ def stripe_event(
     livemode: bool = False,
 ) -> dict[str, Any]:
     """A Stripe event of `event_type`, attributed through metadata as our checkout sets it."""
-    now = created or int(time.time())
     product = catalogue.skus[sku] if sku else None
     listed = product.stripe_prices[0] if product and product.stripe_prices else None
-    price = amount if amount is not None else (listed.amount if listed else 2900)
-    currency = currency or (listed.currency if listed else "usd")
     metadata: dict[str, str] = {}
     if sku:
         metadata["sku"] = sku
@@ -60,34 +75,39 @@ def stripe_event(
         metadata["telegram_user_id"] = str(telegram_user_id)
     if user_id:
         metadata["user_id"] = user_id
-    payment_intent = payment_intent or _id("pi")
-    charge = charge or _id("ch")
-    charge_object = {
-        "id": charge,
-        "object": "charge",
-        "amount": price,
-        "amount_captured": price,
-        "amount_refunded": 0,
-        "captured": True,
-        "created": now,
-        "currency": currency,
-        "customer": customer,
-        "description": None,
-        "invoice": None,
-        "livemode": False,
-        "metadata": metadata,
-        "paid": True,
-        "payment_intent": payment_intent,
-        "payment_method": _id("pm"),
-        "refunded": False,
-        "status": "succeeded",
+    purchase = _Purchase(
+        now=created or int(time.time()),
+        price=amount if amount is not None else (listed.amount if listed else 2900),
+        currency=currency or (listed.currency if listed else "usd"),
+        metadata=metadata,
+        customer=customer,
+        payment_intent=payment_intent or _id("pi"),
+        charge=charge or _id("ch"),
+        telegram_user_id=telegram_user_id,
+        subscription=subscription,
+        period_end=period_end,
+        amount_refunded=amount_refunded,
+    )
+    return {
+        "id": event_id or _id("evt"),
+        "object": "event",
+        "api_version": STRIPE_API_VERSION,
+        "created": purchase.now,
+        "data": {"object": _stripe_object(event_type, purchase)},
+        "livemode": livemode,
+        "pending_webhooks": 1,
+        "request": {"id": _id("req"), "idempotency_key": secrets.token_hex(8)},
+        "type": event_type,
     }
-    obj: dict[str, Any]
+
+
+def _stripe_object(event_type: str, p: _Purchase) -> dict[str, Any]:
+    """The `data.object` an event of this type carries."""
     if event_type in ("charge.succeeded", "charge.captured"):
-        obj = charge_object
-    elif event_type == "charge.failed":
-        obj = {
-            **charge_object,
+        return _charge(p)
+    if event_type == "charge.failed":
+        return {
+            **_charge(p),
             "status": "failed",
             "paid": False,
             "captured": False,
@@ -95,117 +115,140 @@ def stripe_event(
             "failure_code": "card_declined",
             "failure_message": "Your card was declined.",
         }
-    elif event_type == "charge.refunded":
-        refunded = price if amount_refunded is None else amount_refunded
-        obj = {**charge_object, "amount_refunded": refunded, "refunded": refunded >= price}
-    elif event_type == "payment_intent.succeeded":
-        obj = {
-            "id": payment_intent,
-            "object": "payment_intent",
-            "amount": price,
-            "amount_received": price,
-            "created": now,
-            "currency": currency,
-            "customer": customer,
-            "latest_charge": charge,
-            "livemode": False,
-            "metadata": metadata,
-            "status": "succeeded",
-        }
-    elif event_type.startswith("checkout.session."):
-        obj = {
-            "id": _id("cs_test"),
-            "object": "checkout.session",
-            "amount_subtotal": price,
-            "amount_total": price,
-            "client_reference_id": str(telegram_user_id) if telegram_user_id is not None else None,
-            "created": now,
-            "currency": currency,
-            "customer": customer,
-            "livemode": False,
-            "metadata": metadata,
-            "mode": "payment",
-            "payment_intent": payment_intent,
-            "payment_status": "unpaid" if event_type.endswith("async_payment_failed") else "paid",
-            "status": "complete",
-            "subscription": None,
-        }
-    elif event_type.startswith("charge.dispute."):
-        obj = {
-            "id": _id("dp"),
-            "object": "dispute",
-            "amount": price,
-            "charge": charge,
-            "created": now,
-            "currency": currency,
-            "payment_intent": payment_intent,
-            "reason": "fraudulent",
-            "status": "needs_response",
-        }
-    elif event_type == "invoice.paid":
-        end = period_end or now + 30 * 24 * 3600
-        obj = {
-            "id": _id("in"),
-            "object": "invoice",
-            "amount_due": price,
-            "amount_paid": price,
-            "created": now,
-            "currency": currency,
-            "customer": customer,
-            "livemode": False,
-            "metadata": {},
-            "payment_intent": payment_intent,
-            "status": "paid",
-            "status_transitions": {"paid_at": now},
-            "subscription": subscription or _id("sub"),
-            "subscription_details": {"metadata": metadata},
-            "lines": {
-                "object": "list",
-                "data": [
-                    {
-                        "id": _id("il"),
-                        "object": "line_item",
-                        "amount": price,
-                        "currency": currency,
-                        "metadata": metadata,
-                        "period": {"start": now, "end": end},
-                        "price": {
-                            "id": _id("price"),
-                            "object": "price",
-                            "unit_amount": price,
-                            "currency": currency,
-                        },
-                    }
-                ],
-                "has_more": False,
-            },
-        }
-    elif event_type == "customer.subscription.deleted":
-        obj = {
-            "id": subscription or _id("sub"),
+    if event_type == "charge.refunded":
+        refunded = p.price if p.amount_refunded is None else p.amount_refunded
+        return {**_charge(p), "amount_refunded": refunded, "refunded": refunded >= p.price}
+    if event_type == "payment_intent.succeeded":
+        return _payment_intent(p)
+    if event_type.startswith("checkout.session."):
+        return _checkout_session(p, paid=not event_type.endswith("async_payment_failed"))
+    if event_type.startswith("charge.dispute."):
+        return _dispute(p)
+    if event_type == "invoice.paid":
+        return _invoice(p)
+    if event_type == "customer.subscription.deleted":
+        return {
+            "id": p.subscription or _id("sub"),
             "object": "subscription",
-            "customer": customer,
-            "metadata": metadata,
+            "customer": p.customer,
+            "metadata": p.metadata,
             "status": "canceled",
-            "canceled_at": now,
-        }
-    else:
-        obj = {
-            "id": _id("obj"),
-            "object": event_type.split(".")[0],
-            "created": now,
-            "metadata": metadata,
+            "canceled_at": p.now,
         }
     return {
-        "id": event_id or _id("evt"),
-        "object": "event",
-        "api_version": STRIPE_API_VERSION,
-        "created": now,
-        "data": {"object": obj},
-        "livemode": livemode,
-        "pending_webhooks": 1,
-        "request": {"id": _id("req"), "idempotency_key": secrets.token_hex(8)},
-        "type": event_type,
+        "id": _id("obj"),
+        "object": event_type.split(".")[0],
+        "created": p.now,
+        "metadata": p.metadata,
+    }
+
+
+def _charge(p: _Purchase) -> dict[str, Any]:
+    return {
+        "id": p.charge,
+        "object": "charge",
+        "amount": p.price,
+        "amount_captured": p.price,
+        "amount_refunded": 0,
+        "captured": True,
+        "created": p.now,
+        "currency": p.currency,
+        "customer": p.customer,
+        "description": None,
+        "invoice": None,
+        "livemode": False,
+        "metadata": p.metadata,
+        "paid": True,
+        "payment_intent": p.payment_intent,
+        "payment_method": _id("pm"),
+        "refunded": False,
+        "status": "succeeded",
+    }
+
+
+def _payment_intent(p: _Purchase) -> dict[str, Any]:
+    return {
+        "id": p.payment_intent,
+        "object": "payment_intent",
+        "amount": p.price,
+        "amount_received": p.price,
+        "created": p.now,
+        "currency": p.currency,
+        "customer": p.customer,
+        "latest_charge": p.charge,
+        "livemode": False,
+        "metadata": p.metadata,
+        "status": "succeeded",
+    }
+
+
+def _checkout_session(p: _Purchase, *, paid: bool) -> dict[str, Any]:
+    return {
+        "id": _id("cs_test"),
+        "object": "checkout.session",
+        "amount_subtotal": p.price,
+        "amount_total": p.price,
+        "client_reference_id": (
+            str(p.telegram_user_id) if p.telegram_user_id is not None else None
+        ),
+        "created": p.now,
+        "currency": p.currency,
+        "customer": p.customer,
+        "livemode": False,
+        "metadata": p.metadata,
+        "mode": "payment",
+        "payment_intent": p.payment_intent,
+        "payment_status": "paid" if paid else "unpaid",
+        "status": "complete",
+        "subscription": None,
+    }
+
+
+def _dispute(p: _Purchase) -> dict[str, Any]:
+    return {
+        "id": _id("dp"),
+        "object": "dispute",
+        "amount": p.price,
+        "charge": p.charge,
+        "created": p.now,
+        "currency": p.currency,
+        "payment_intent": p.payment_intent,
+        "reason": "fraudulent",
+        "status": "needs_response",
+    }
+
+
+def _invoice(p: _Purchase) -> dict[str, Any]:
+    line = {
+        "id": _id("il"),
+        "object": "line_item",
+        "amount": p.price,
+        "currency": p.currency,
+        "metadata": p.metadata,
+        "period": {"start": p.now, "end": p.period_end or p.now + 30 * 24 * 3600},
+        "price": {
+            "id": _id("price"),
+            "object": "price",
+            "unit_amount": p.price,
+            "currency": p.currency,
+        },
+    }
+    return {
+        "id": _id("in"),
+        "object": "invoice",
+        "amount_due": p.price,
+        "amount_paid": p.price,
+        "created": p.now,
+        "currency": p.currency,
+        "customer": p.customer,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": p.payment_intent,
+        "status": "paid",
+        "status_transitions": {"paid_at": p.now},
+        "subscription": p.subscription or _id("sub"),
+        "subscription_details": {"metadata": p.metadata},
+        "lines": {"object": "list", "data": [line], "has_more": False},
     }
 
 
