@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,36 @@ def empty_database(admin_database_url: str) -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def installed_services(
+    python: str, env: dict[str, str], addrs: dict[str, str], folder: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The four services as `python -m <module>` of the installed package, logs in `folder`;
+    SIGTERM (then a kill, if need be) on the way out."""
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for service, module in MODULES.items():
+            with (folder / f"{service}.log").open("wb") as log:
+                child_env = {**env, "LISTEN_ADDR": addrs[service]}
+                child_env["METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+                # The child holds its own copy of the log's descriptor.
+                child = subprocess.Popen(
+                    [python, "-m", module],
+                    cwd=folder, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                children.append(child)
+        yield children
+    finally:
+        for child in reversed(children):
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
 @pytest.mark.timeout(600)
 def test_the_installed_wheel_migrates_and_runs_the_stack_from_elsewhere(
     installed: Path, empty_database: str, tmp_path: Path
@@ -71,48 +102,23 @@ def test_the_installed_wheel_migrates_and_runs_the_stack_from_elsewhere(
         "SHUTDOWN_GRACE_SECONDS": "2",
         **{f"{service.upper()}_ADDR": addr for service, addr in addrs.items()},
     }
-    python = str(installed / "python")
-    where = subprocess.run(
-        [python, "-c", "import protos.payments.v1.payments_pb2 as m, paylayer; print(m.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert str(installed.parent) in where.stdout, "protos not imported from the installed wheel"
 
-    migrated = subprocess.run(
-        [str(installed / "paylayer"), "migrate"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(installed / command[0]), *command[1:]],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    where = run("python", "-c", "import protos.payments.v1.payments_pb2 as m; print(m.__file__)")
+    assert str(installed.parent) in where.stdout, "protos not imported from the installed wheel"
+    migrated = run("paylayer", "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert migrated.stdout.split() == ["accounts:", "migrated", "entitlements:", "migrated",
                                        "payments:", "migrated"]  # fmt: skip
 
-    children = []
-    logs = []
-    try:
-        for service, module in MODULES.items():
-            log = (tmp_path / f"{service}.log").open("wb")
-            logs.append(log)
-            children.append(
-                subprocess.Popen(
-                    [python, "-m", module],
-                    cwd=tmp_path,
-                    env={
-                        **env,
-                        "LISTEN_ADDR": addrs[service],
-                        "METRICS_ADDR": f"127.0.0.1:{free_port()}",
-                    },
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    with installed_services(str(installed / "python"), env, addrs, tmp_path) as children:
         deadline = time.monotonic() + 60
-        while True:
-            health = subprocess.run(
-                [str(installed / "paylayer"), "health"],
-                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
-            if health.returncode == 0:
-                break
+        while (health := run("paylayer", "health")).returncode != 0:
             exited = [c.args for c in children if c.poll() is not None]
             if exited or time.monotonic() > deadline:
                 output = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.log")))
@@ -122,16 +128,5 @@ def test_the_installed_wheel_migrates_and_runs_the_stack_from_elsewhere(
             "accounts", "SERVING", "entitlements", "SERVING", "payments", "SERVING",
             "gateway", "READY",
         ]  # fmt: skip
-    finally:
-        for child in reversed(children):
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        for log in logs:
-            log.close()
     # Each stopped cleanly on SIGTERM.
     assert [child.returncode for child in children] == [0, 0, 0, 0]
