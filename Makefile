@@ -40,5 +40,5 @@ pytest: $(STAMP) protos
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .paylayer
+	rm -rf $(VENV) .paylayer build
 	find protos -name '*_pb2*' -delete
