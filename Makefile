@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Generated code is never committed: it is rebuilt from the .proto files with the pinned tools.
+# Generated code is never committed: it is rebuilt from the .proto files with the pinned tools
+# (a wheel makes its own: setup.py's build hook).
 protos: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . \
 		--python_out=. --grpc_python_out=. \
@@ -30,6 +31,7 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP) protos
 	$(BIN)/mypy
@@ -38,5 +40,5 @@ pytest: $(STAMP) protos
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .paylayer
+	rm -rf $(VENV) .paylayer build
 	find protos -name '*_pb2*' -delete

@@ -13,8 +13,6 @@ from paylayer.catalogue import Catalogue
 # real one after it (only newer snapshots apply), so it is refused.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
-ACCOUNT_TYPES = ("demo", "real", "contest")
-
 
 @dataclass(frozen=True)
 class Snapshot:

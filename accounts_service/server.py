@@ -1,9 +1,9 @@
 """Composition root of the accounts service: engine, units of work, use cases, servicer, and
 the shared gRPC kit."""
 
+from accounts_service.entitlements_client import TierCaps
 from accounts_service.servicer import AccountsServicer
 from accounts_service.store import UnitOfWork
-from accounts_service.tiers import TierCaps
 from accounts_service.use_cases import Accounts
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine

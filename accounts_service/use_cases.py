@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from accounts_service import rules
+from accounts_service.entitlements_client import TierCaps
 from accounts_service.store import IDENTITY_LABELS, IdentityKind, LinkableKind, UnitOfWork
-from accounts_service.tiers import TierCaps
 from paylayer.callers import MAY_CREATE_USERS
 from paylayer.errors import (
     AlreadyExists,

@@ -34,12 +34,13 @@ from benchmarks.check import drive
 from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
 from benchmarks.webhooks import deliveries, send_all, wait_http
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event
 from paylayer.grpc_client import open_channel
-from paylayer.settings import REPO_ROOT
+from paylayer.ops.factories import sign_stripe, stripe_event
+from paylayer.ops.processes import free_port
+from paylayer.ops.stack import Stack
+from paylayer.settings import DEFAULT_CATALOGUE_PATH
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
-from tests.stack import Stack, free_port
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -119,7 +120,7 @@ async def steady(url: str, secret: str, rate: float, seconds: float) -> list[str
 
 async def single_purchases(stack: Stack, secret: str, tries: int) -> list[float]:
     """From a purchase's 200 until CheckEntitlement says yes, one purchase at a time."""
-    catalogue = load_catalogue(REPO_ROOT / "catalogue.yaml")
+    catalogue = load_catalogue(DEFAULT_CATALOGUE_PATH)
     url = f"{stack.gateway_url}/api/v1/stripe/webhook"
     token = stack.settings.internal_token
     visible_after: list[float] = []

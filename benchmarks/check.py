@@ -50,8 +50,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from entitlements_service.server import compose  # noqa: E402
 from entitlements_service.tables import grants  # noqa: E402
 from paylayer.embedded_pg import start_embedded, with_database  # noqa: E402
-from paylayer.migrations import upgrade  # noqa: E402
-from paylayer.processes import free_port  # noqa: E402
+from paylayer.ops.migrations import upgrade  # noqa: E402
+from paylayer.ops.processes import free_port  # noqa: E402
 from paylayer.settings import Settings  # noqa: E402
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc  # noqa: E402
 

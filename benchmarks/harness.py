@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 
 from paylayer.embedded_pg import start_embedded, with_database
-from paylayer.migrations import upgrade_all
-from paylayer.settings import REPO_ROOT, Settings
-from tests.stack import Stack, make_stack
+from paylayer.ops.migrations import upgrade_all
+from paylayer.ops.stack import Stack, make_stack
+from paylayer.settings import DEFAULT_CATALOGUE_PATH, Settings
 
 
 def plain(url: str) -> str:
@@ -59,7 +59,7 @@ def bench_settings(database_url: str) -> Settings:
         stripe_webhook_secrets=("whsec_bench_" + secrets.token_hex(16),),
         telegram_webhook_secret="bench-" + secrets.token_hex(8),
         telegram_bot_token="1:bench",
-        catalogue_path=REPO_ROOT / "catalogue.yaml",
+        catalogue_path=DEFAULT_CATALOGUE_PATH,
         shutdown_grace_seconds=2,
     )
 

@@ -37,7 +37,8 @@ from paylayer.catalogue import load_catalogue  # noqa: E402
 from paylayer.db import create_engine  # noqa: E402
 from paylayer.embedded_pg import start_embedded  # noqa: E402
 from paylayer.grpc_client import open_channel  # noqa: E402
-from paylayer.migrations import upgrade  # noqa: E402
+from paylayer.ops.migrations import upgrade  # noqa: E402
+from paylayer.settings import DEFAULT_CATALOGUE_PATH, DEFAULT_MESSAGES_PATH  # noqa: E402
 from payments_service.bot_api import BotApi  # noqa: E402
 from payments_service.downstream import Downstream  # noqa: E402
 from payments_service.messages import load_texts  # noqa: E402
@@ -68,8 +69,8 @@ async def measure(url: str, count: int, senders: int) -> dict[str, Any]:
         ]
         async with engine.begin() as connection:
             await connection.execute(insert(messages), rows)
-        texts = load_texts(REPO_ROOT / "messages.yaml")
-        catalogue = load_catalogue(REPO_ROOT / "catalogue.yaml")
+        texts = load_texts(DEFAULT_MESSAGES_PATH)
+        catalogue = load_catalogue(DEFAULT_CATALOGUE_PATH)
         bots = [BotApi(bot_api.base_url, TOKEN) for _ in range(senders)]
         running = [
             asyncio.create_task(

@@ -22,9 +22,10 @@ import aiohttp
 
 from benchmarks.harness import bench_settings, fresh_database, run_load, running_stack
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import telegram_update
+from paylayer.ops.factories import telegram_update
+from paylayer.ops.processes import free_port
+from paylayer.ops.stack import Stack
 from tests.fakes.bot_backend import FakeBotBackend
-from tests.stack import Stack, free_port
 
 BAR_P99_MS = 50
 

@@ -25,15 +25,16 @@ import psutil
 
 from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event
-from paylayer.settings import REPO_ROOT
-from tests.stack import Stack, free_port
+from paylayer.ops.factories import sign_stripe, stripe_event
+from paylayer.ops.processes import free_port
+from paylayer.ops.stack import Stack
+from paylayer.settings import DEFAULT_CATALOGUE_PATH
 
 Delivery = tuple[str, bytes, str]  # event id, body, signature
 
 
 def deliveries(count: int, secret: str, duplicate_share: float) -> list[Delivery]:
-    catalogue = load_catalogue(REPO_ROOT / "catalogue.yaml")
+    catalogue = load_catalogue(DEFAULT_CATALOGUE_PATH)
     unique: list[Delivery] = []
     for _ in range(count):
         event = stripe_event(

@@ -59,10 +59,6 @@ class CheckCache:
         self._stale_loads: set[str] = set()
         self._trusted_until = 0.0  # time.monotonic()
 
-    @property
-    def trusted(self) -> bool:
-        return time.monotonic() < self._trusted_until
-
     def answer_from_memory(self, user_id: str, entitlement: str) -> CheckResponse | None:
         """The hot path, with no await and no allocation: None when memory cannot answer."""
         entry = self._users.get(user_id)

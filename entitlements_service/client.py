@@ -56,10 +56,11 @@ class EntitlementsClient:
         local_cache: bool = False,
         tls: GrpcTls | None = None,
     ) -> None:
-        self._channel = open_channel(addr, internal_token, tls=tls, default_deadline=deadline)
-        # The kit's channel interceptor reaches unary calls only (grpc.aio files an interceptor
-        # under its first kind): the stream carries its token itself.
-        self._stream_metadata = (("authorization", f"Bearer {internal_token}"),)
+        # This client retries by itself (within its deadline, `attempts` in all), so the
+        # channel does not retry too; the channel's interceptors add the token to every call.
+        self._channel = open_channel(
+            addr, internal_token, tls=tls, default_deadline=deadline, retries=False
+        )
         self._stub = entitlements_pb2_grpc.EntitlementsServiceStub(self._channel)
         self._deadline = deadline
         self._attempts = attempts
@@ -143,7 +144,6 @@ class EntitlementsClient:
         call = self._stub.WatchEntitlements(
             entitlements_pb2.WatchEntitlementsRequest(user_id=user_id, heartbeats=heartbeats),
             timeout=WATCH_DEADLINE_SECONDS,
-            metadata=self._stream_metadata,
         )
         try:
             async for change in call:

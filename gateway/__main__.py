@@ -9,15 +9,15 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.app import init_app
-from paylayer import processes
 from paylayer.logs import configure_logging
 from paylayer.metrics import serve_metrics
+from paylayer.parent import die_with_parent
 from paylayer.settings import ConfigError, Settings
 from paylayer.tracing import setup_tracing
 
 
 def main() -> None:
-    processes.die_with_parent()
+    die_with_parent()
     try:
         settings = Settings.from_env()
         settings.require("STRIPE_WEBHOOK_SECRETS", "TELEGRAM_WEBHOOK_SECRET", "INTERNAL_TOKEN")
@@ -26,7 +26,7 @@ def main() -> None:
         print(f"gateway: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging("gateway", settings.log_level, settings.secrets())
-    setup_tracing("gateway")
+    setup_tracing("gateway", settings.otel_exporter_otlp_endpoint)
     # Off the public port: the webhook listener faces the Internet, the scraper does not.
     serve_metrics(settings.metrics_address("gateway"), metrics.REGISTRY)
     host, port = settings.listen_address("gateway").rsplit(":", 1)
@@ -36,7 +36,7 @@ def main() -> None:
         host=host,
         port=int(port),
         print=None,
-        shutdown_timeout=10,
+        shutdown_timeout=settings.shutdown_grace_seconds,
         access_log=None,
         loop=uvloop.new_event_loop(),
     )

@@ -12,25 +12,24 @@ from paylayer.tls import GrpcTls
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 
-# round_robin spreads calls over every address DNS gives (replicas). Retries are for
-# UNAVAILABLE only: the call never reached a server, so repeating it cannot double an effect.
-_SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "0.5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-)
+# round_robin spreads calls over every address DNS gives (replicas).
+_BALANCING: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+# Retries are for UNAVAILABLE only: the call never reached a server, so repeating it cannot
+# double an effect.
+_RETRIES: dict[str, Any] = {
+    "methodConfig": [
+        {
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
 
 
 class _Outgoing:
@@ -81,16 +80,20 @@ def open_channel(
     *,
     tls: GrpcTls | None = None,
     default_deadline: float = DEFAULT_DEADLINE_SECONDS,
+    retries: bool = True,
 ) -> grpc.aio.Channel:
-    """A channel that authenticates every call: TLS when configured, else plaintext."""
+    """A channel that authenticates every call: TLS when configured, else plaintext.
+
+    `retries=False` for a caller that retries by itself: two layers would multiply attempts.
+    """
     target = _target(addr)
     interceptors = [
         _OutgoingUnary(internal_token, default_deadline),
         _OutgoingStream(internal_token, default_deadline),
     ]
     options = [
-        ("grpc.service_config", _SERVICE_CONFIG),
-        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps({**_BALANCING, **(_RETRIES if retries else {})})),
+        ("grpc.enable_retries", int(retries)),
         ("grpc.keepalive_time_ms", 30_000),
     ]
     if tls is None:

@@ -20,12 +20,12 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer import processes
 from paylayer.callers import CallerTokens, CallerTokensError, caller_var, may_call
 from paylayer.db import database_answers
 from paylayer.errors import DomainError, InvalidArgument
 from paylayer.logs import REQUEST_ID_HEADER, request_id_var
 from paylayer.metrics import RPC_DURATION, RPCS_HANDLED, serve_metrics
+from paylayer.parent import die_with_parent
 from paylayer.settings import ConfigError, Settings
 from paylayer.tls import GrpcTls
 from paylayer.tracing import setup_tracing
@@ -328,7 +328,7 @@ def run_main(
 
     from paylayer.logs import configure_logging
 
-    processes.die_with_parent()
+    die_with_parent()
     try:
         settings = Settings.from_env()
         settings.require(*required)
@@ -341,7 +341,7 @@ def run_main(
         raise SystemExit(2) from None
     configure_logging(service, settings.log_level, settings.secrets())
     serve_metrics(settings.metrics_address(service))
-    setup_tracing(service)
+    setup_tracing(service, settings.otel_exporter_otlp_endpoint)
 
     async def serve() -> None:
         await build(settings).run_until_signalled(settings.listen_address(service))

@@ -1,42 +1,17 @@
-"""Alembic, one tree per service, each with its version table inside its own schema."""
+"""Alembic's env.py body, shared by every service's migration tree; each keeps its version
+table inside its own schema. Running the trees is `paylayer.ops.migrations`."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from typing import Any
 
-from alembic import command, context
-from alembic.config import Config
+from alembic import context
 from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from paylayer.db import async_url
-
-SERVICES = ("accounts", "entitlements", "payments")
-
-
-def alembic_config(service: str, database_url: str) -> Config:
-    config = Config()
-    config.set_main_option("script_location", f"{service}_service:migrations")
-    config.attributes["database_url"] = database_url
-    return config
-
-
-def upgrade(service: str, database_url: str, revision: str = "head") -> None:
-    """Blocking; call it from a thread when an event loop is running."""
-    command.upgrade(alembic_config(service, database_url), revision)
-
-
-def upgrade_all(database_url: str) -> None:
-    for service in SERVICES:
-        upgrade(service, database_url)
-
-
-def service_metadata(service: str) -> MetaData:
-    metadata: MetaData = importlib.import_module(f"{service}_service.tables").metadata
-    return metadata
 
 
 def run_env(metadata: MetaData, schema: str) -> None:

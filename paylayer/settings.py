@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Shipped inside the package, so an installed wheel finds it as a checkout does.
+DEFAULT_CATALOGUE_PATH = Path(__file__).resolve().parent / "catalogue.yaml"
+DEFAULT_MESSAGES_PATH = Path(__file__).resolve().parent / "messages.yaml"
+
+DEFAULT_PAYMENTS_WORKERS = 2
 
 DEFAULT_ADDRS = {
     "gateway": "127.0.0.1:8080",
@@ -51,16 +57,6 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the process must not start."""
 
 
-def _count(name: str, value: str) -> int:
-    try:
-        count = int(value or "0")
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
-    if count < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return count
-
-
 def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name, "").strip()
     if not value:
@@ -68,6 +64,26 @@ def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
     if not value.isdigit():
         raise ConfigError(f"{name} must be a whole number, not {value[:20]!r}")
     return int(value)
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    count = _whole_number(env, name, default)
+    if count < 1:
+        raise ConfigError(f"{name} must be at least 1")
+    return count
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value[:20]!r}") from None
+    if not seconds >= 0:  # also refuses NaN
+        raise ConfigError(f"{name} must not be negative")
+    return seconds
 
 
 def _stripe_livemode(env: Mapping[str, str]) -> bool:
@@ -82,45 +98,103 @@ def _stripe_livemode(env: Mapping[str, str]) -> bool:
     return env.get("STRIPE_API_KEY", "").startswith(("sk_live_", "rk_live_"))
 
 
+def _setting(env: str, default: Any, doc: str) -> Any:
+    """A field read from the environment variable `env`; `doc` is its one line in the README."""
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = ""
-    stripe_webhook_secrets: tuple[str, ...] = ()
-    stripe_api_key: str = ""
-    # Whether this deployment takes live Stripe events (true) or test ones (false).
-    stripe_livemode: bool = False
-    # Stripe's API (checkout, portal, cancels, refunds, reconcile); tests point it elsewhere.
-    stripe_api_base: str = "https://api.stripe.com"
-    checkout_success_url: str = ""
-    checkout_cancel_url: str = ""
-    telegram_webhook_secret: str = ""
-    telegram_bot_token: str = ""
-    telegram_api_base: str = "https://api.telegram.org"
-    # The product's bot behind the gateway: where non-payment updates go, and its secret.
-    bot_updates_url: str = ""
-    bot_updates_secret: str = ""
-    internal_token: str = ""
-    # `name:token` pairs (or `name:sha256=<hex>`): who may call this process's gRPC server.
-    caller_tokens: str = ""
-    # TLS for every internal gRPC hop: file paths; unset means plaintext.
-    grpc_tls_cert: str = ""
-    grpc_tls_key: str = ""
-    grpc_tls_ca: str = ""
-    payments_addr: str = DEFAULT_ADDRS["payments"]
-    entitlements_addr: str = DEFAULT_ADDRS["entitlements"]
-    accounts_addr: str = DEFAULT_ADDRS["accounts"]
-    catalogue_path: Path = field(default=REPO_ROOT / "catalogue.yaml")
-    # The texts of the messages users get (receipts, notices, reminders), per language.
-    messages_path: Path = field(default=REPO_ROOT / "messages.yaml")
-    # Where this process listens; unset means the default address of its own service.
-    listen_addr: str = ""
-    metrics_addr: str = ""
-    log_level: str = "INFO"
-    # The most database connections this process's pool opens; 0: the service's own default.
-    database_pool_size: int = 0
-    shutdown_grace_seconds: float = 10.0
-    # Processed and ignored events older than this leave the inbox (0: kept for ever).
-    inbox_retention_days: int = 90
+    """Every environment variable Paylayer reads, with its default; the README's table lists
+    the same names (a test keeps the two equal)."""
+
+    database_url: str = _setting("DATABASE_URL", "", "PostgreSQL; unset in dev: embedded")
+    stripe_webhook_secrets: tuple[str, ...] = _setting(
+        "STRIPE_WEBHOOK_SECRETS", (), "whsec_… values, comma-separated; each is tried (rotation)"
+    )
+    stripe_api_key: str = _setting("STRIPE_API_KEY", "", "Stripe's API: checkout, refunds, …")
+    stripe_livemode: bool = _setting(
+        "STRIPE_LIVEMODE", False, "whether this deployment takes live Stripe events or test ones"
+    )
+    stripe_api_base: str = _setting(
+        "STRIPE_API_BASE", "https://api.stripe.com", "Stripe's API; tests point it elsewhere"
+    )
+    checkout_success_url: str = _setting(
+        "CHECKOUT_SUCCESS_URL", "", "where Checkout sends a buyer who paid"
+    )
+    checkout_cancel_url: str = _setting(
+        "CHECKOUT_CANCEL_URL", "", "where Checkout sends a buyer who gave up"
+    )
+    telegram_webhook_secret: str = _setting(
+        "TELEGRAM_WEBHOOK_SECRET", "", "compared with X-Telegram-Bot-Api-Secret-Token"
+    )
+    telegram_bot_token: str = _setting("TELEGRAM_BOT_TOKEN", "", "the Bot API token")
+    telegram_api_base: str = _setting(
+        "TELEGRAM_API_BASE", "https://api.telegram.org", "the Bot API; tests point it elsewhere"
+    )
+    bot_updates_url: str = _setting(
+        "BOT_UPDATES_URL", "", "the product bot behind the gateway: non-payment updates go there"
+    )
+    bot_updates_secret: str = _setting("BOT_UPDATES_SECRET", "", "the bot's webhook secret")
+    internal_token: str = _setting(
+        "INTERNAL_TOKEN", "", "the token this process presents on internal gRPC calls"
+    )
+    caller_tokens: str = _setting(
+        "CALLER_TOKENS", "", "`name:token` or `name:sha256=<hex>` pairs: who may call this server"
+    )
+    grpc_tls_cert: str = _setting("GRPC_TLS_CERT", "", "PEM file; set: internal gRPC uses TLS")
+    grpc_tls_key: str = _setting("GRPC_TLS_KEY", "", "PEM file, the key of GRPC_TLS_CERT")
+    grpc_tls_ca: str = _setting("GRPC_TLS_CA", "", "PEM file, the CA peers are checked against")
+    payments_addr: str = _setting(
+        "PAYMENTS_ADDR", DEFAULT_ADDRS["payments"], "payments' address(es), comma-separated"
+    )
+    entitlements_addr: str = _setting(
+        "ENTITLEMENTS_ADDR",
+        DEFAULT_ADDRS["entitlements"],
+        "entitlements' address(es), comma-separated",
+    )
+    accounts_addr: str = _setting(
+        "ACCOUNTS_ADDR", DEFAULT_ADDRS["accounts"], "accounts' address(es), comma-separated"
+    )
+    gateway_addr: str = _setting(
+        "GATEWAY_ADDR", DEFAULT_ADDRS["gateway"], "where `paylayer health` finds the gateway(s)"
+    )
+    catalogue_path: Path = _setting(  # noqa: RUF009 (a field, not a shared default)
+        "CATALOGUE_PATH", DEFAULT_CATALOGUE_PATH, "skus, prices and tiers (YAML)"
+    )
+    messages_path: Path = _setting(  # noqa: RUF009 (a field, not a shared default)
+        "MESSAGES_PATH", DEFAULT_MESSAGES_PATH, "texts of receipts, notices and reminders (YAML)"
+    )
+    listen_addr: str = _setting(
+        "LISTEN_ADDR", "", "where this process listens; unset: its service's default address"
+    )
+    metrics_addr: str = _setting(
+        "METRICS_ADDR", "", "where /metrics is served; unset: its service's default"
+    )
+    log_level: str = _setting("LOG_LEVEL", "INFO", "the least level logged")
+    database_pool_size: int = _setting(
+        "DATABASE_POOL_SIZE", 0, "the most connections the pool opens; 0: the service's default"
+    )
+    shutdown_grace_seconds: float = _setting(
+        "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight work may finish after SIGTERM"
+    )
+    inbox_retention_days: int = _setting(
+        "INBOX_RETENTION_DAYS", 90, "processed and ignored events older leave the inbox (0: kept)"
+    )
+    payments_workers: int = _setting(
+        "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS, "inbox workers, each applying a batch at once"
+    )
+    payments_outbox_lease_seconds: float = _setting(
+        "PAYMENTS_OUTBOX_LEASE_SECONDS",
+        60.0,
+        "how long a claimed message is held before its send counts as unknown",
+    )
+    trigger_disabled: bool = _setting(
+        "PAYLAYER_TRIGGER_DISABLED", False, "set (the production image): `paylayer trigger` refuses"
+    )
+    otel_exporter_otlp_endpoint: str = _setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "", "where spans go; unset: tracing is off"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,15 +223,25 @@ class Settings:
             payments_addr=env.get("PAYMENTS_ADDR", DEFAULT_ADDRS["payments"]),
             entitlements_addr=env.get("ENTITLEMENTS_ADDR", DEFAULT_ADDRS["entitlements"]),
             accounts_addr=env.get("ACCOUNTS_ADDR", DEFAULT_ADDRS["accounts"]),
-            catalogue_path=Path(env.get("CATALOGUE_PATH", str(REPO_ROOT / "catalogue.yaml"))),
-            messages_path=Path(env.get("MESSAGES_PATH", str(REPO_ROOT / "messages.yaml"))),
+            gateway_addr=env.get("GATEWAY_ADDR", DEFAULT_ADDRS["gateway"]),
+            catalogue_path=Path(env.get("CATALOGUE_PATH") or DEFAULT_CATALOGUE_PATH),
+            messages_path=Path(env.get("MESSAGES_PATH") or DEFAULT_MESSAGES_PATH),
             listen_addr=env.get("LISTEN_ADDR", ""),
             metrics_addr=env.get("METRICS_ADDR", ""),
             log_level=env.get("LOG_LEVEL", "INFO"),
-            database_pool_size=_count("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "0")),
-            shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
+            database_pool_size=_whole_number(env, "DATABASE_POOL_SIZE", 0),
+            shutdown_grace_seconds=_seconds(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
+            payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),
+            payments_outbox_lease_seconds=_seconds(env, "PAYMENTS_OUTBOX_LEASE_SECONDS", 60.0),
+            trigger_disabled=bool(env.get("PAYLAYER_TRIGGER_DISABLED", "").strip()),
+            otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         )
+
+    @classmethod
+    def variables(cls) -> set[str]:
+        """Every environment variable a Settings field is read from."""
+        return {f.metadata["env"] for f in fields(cls)}
 
     def require(self, *names: str) -> None:
         """Refuse to start when a setting the process depends on is empty."""

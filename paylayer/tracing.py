@@ -8,19 +8,16 @@ with the `otel` extra (`pip install -e '.[otel]'`); without them tracing stays o
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
 
-def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> bool:
+def setup_tracing(service: str, endpoint: str) -> bool:
     """Install the tracer and the gRPC (and aiohttp) instrumentation; True when tracing is on.
 
     Call it before any server or channel is made: the instrumentation wraps their factories.
     """
-    env = os.environ if env is None else env
-    if not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if not endpoint:
         return False
     try:
         from opentelemetry import trace
@@ -46,5 +43,5 @@ def setup_tracing(service: str, env: Mapping[str, str] | None = None) -> bool:
         from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
         AioHttpServerInstrumentor().instrument()
-    log.info("tracing to %s", env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    log.info("tracing to %s", endpoint)
     return True

@@ -39,7 +39,7 @@ def reinstated_key(payment_key: str) -> str:
     return f"{payment_key}:dispute_won"
 
 
-def _timestamp(value: datetime) -> Timestamp:
+def _proto_time(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
@@ -86,12 +86,12 @@ def grant_request(
         entitlement=sku.grants,
         source=entitlements_pb2.Source(provider=provider, reference=payment_key),
         event_id=event_id,
-        purchased_at=_timestamp(purchased_at),
+        purchased_at=_proto_time(purchased_at),
         reason=f"purchase of {sku.name}",
         granted_by="payments",
     )
     if until is not None:
-        request.until.CopyFrom(_timestamp(until))
+        request.until.CopyFrom(_proto_time(until))
     elif sku.duration is None:
         request.lifetime = True
     else:

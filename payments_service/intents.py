@@ -78,8 +78,9 @@ class Revoke:
 
 
 @dataclass(frozen=True)
-class Record:
-    """A fact about a purchase that changes no access: a failure, a partial refund, a wait."""
+class PaymentNote:
+    """A fact about a purchase that changes no access: a failure, a partial refund, a wait.
+    (Not `Store.record`, which keeps an incoming event in the inbox.)"""
 
     provider: str
     payment_key: str
@@ -111,13 +112,6 @@ class Reinstate:
 
 
 @dataclass(frozen=True)
-class SubscriptionState:
-    provider: str
-    subscription_id: str
-    state: str  # canceled, active, failed
-
-
-@dataclass(frozen=True)
 class SubscriptionChange:
     """What an event says about a subscription (Stripe's subscription and invoice events, Stars
     `subscription` updates). Events arrive in any order: the newest `observed_at` decides the
@@ -144,13 +138,4 @@ class Ignore:
     reason: str
 
 
-Intent = (
-    Grant
-    | Revoke
-    | Record
-    | LinkInvoicePayment
-    | Reinstate
-    | SubscriptionState
-    | SubscriptionChange
-    | Ignore
-)
+Intent = Grant | Revoke | PaymentNote | LinkInvoicePayment | Reinstate | SubscriptionChange | Ignore

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
+from paylayer.settings import DEFAULT_PAYMENTS_WORKERS
 from payments_service import messages, outbox, stripe_events, subscription_effects, telegram_updates
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
@@ -46,11 +47,10 @@ from payments_service.intents import (
     Ignore,
     Intent,
     LinkInvoicePayment,
-    Record,
+    PaymentNote,
     Reinstate,
     Revoke,
     SubscriptionChange,
-    SubscriptionState,
     Unprocessable,
 )
 from payments_service.metrics import EVENT_RETRIES, EVENTS_FAILED, EVENTS_FINISHED
@@ -148,7 +148,7 @@ class Processor:
         downstream: Downstream,
         catalogue: Catalogue,
         *,
-        workers: int = 2,
+        workers: int = DEFAULT_PAYMENTS_WORKERS,
         poll_seconds: float = 0.5,
         stripe_livemode: bool = False,
         database_url: str = "",
@@ -414,7 +414,7 @@ class Processor:
             return await self._link_invoice_payment(intent, event_ref)
         if isinstance(intent, Reinstate):
             return await self._reinstate(intent, event_ref)
-        if isinstance(intent, Record):
+        if isinstance(intent, PaymentNote):
             async with self.store.transaction() as connection:
                 await self.store.upsert_payment(
                     connection,
@@ -443,11 +443,6 @@ class Processor:
                     )
                 )
             return _Done(None, notices=notices)
-        if isinstance(intent, SubscriptionState):
-            async with self.store.transaction() as connection:
-                await self.store.set_subscription_state(
-                    connection, intent.provider, intent.subscription_id, intent.state
-                )
         return _Done(None)
 
     async def _grant(self, intent: Grant, event_ref: str, event: Event) -> _Done:

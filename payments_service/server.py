@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
@@ -15,7 +13,7 @@ from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
 from payments_service.messages import MessagesFileError, load_texts
 from payments_service.metrics import watch_inbox
-from payments_service.outbox import LEASE, Sender
+from payments_service.outbox import Sender
 from payments_service.processor import Processor
 from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
@@ -24,7 +22,7 @@ from payments_service.stripe_api import StripeApi
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 
-def build(settings: Settings, *, workers: int = 2) -> GrpcService:
+def build(settings: Settings) -> GrpcService:
     engine = create_engine(
         settings.database_url,
         application_name="payments",
@@ -41,13 +39,12 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
     entitlements = open_channel(settings.entitlements_addr, settings.internal_token, tls=tls)
     bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
     store = Store(engine)
-    workers = int(os.environ.get("PAYMENTS_WORKERS", workers))
     downstream = Downstream(accounts, entitlements)
     processor = Processor(
         store,
         downstream,
         catalogue,
-        workers=workers,
+        workers=settings.payments_workers,
         stripe_livemode=settings.stripe_livemode,
         database_url=settings.database_url,
     )
@@ -82,7 +79,7 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         texts,
         checkout_link=checkout_link,
         # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
-        lease_seconds=float(os.environ.get("PAYMENTS_OUTBOX_LEASE_SECONDS", LEASE.total_seconds())),
+        lease_seconds=settings.payments_outbox_lease_seconds,
     )
     processor.on_notices = sender.kick
     servicer = PaymentsServicer(store, processor, catalogue, bot, checkout)

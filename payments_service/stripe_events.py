@@ -19,12 +19,13 @@ from payments_service.intents import (
     Intent,
     LinkInvoicePayment,
     Payer,
-    Record,
+    PaymentNote,
     Reinstate,
     Revoke,
     Unprocessable,
     shown,
 )
+from payments_service.subscriptions import from_epoch
 
 PROVIDER = "stripe"
 
@@ -41,16 +42,6 @@ SUBSCRIPTION_EVENTS = {
     "customer.subscription.updated",
     "customer.subscription.deleted",
 }
-
-
-# Beyond these a timestamp is nonsense (and datetime would raise): treat it as absent.
-MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP:
-        return datetime.fromtimestamp(value, UTC)
-    return None
 
 
 def _text(value: Any) -> str | None:
@@ -240,7 +231,7 @@ def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) 
     if not invoice_id:
         raise Unprocessable("invoice has no id")
     lines = _list(obj.get("lines"))
-    ends = [_timestamp(_dict(line.get("period")).get("end")) for line in lines]
+    ends = [from_epoch(_dict(line.get("period")).get("end")) for line in lines]
     until = max((end for end in ends if end), default=None)
     if until is None:
         raise Unprocessable("invoice has no line with a period end")
@@ -271,7 +262,7 @@ def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) 
         obj,
         key,
         paid,
-        purchased_at=_timestamp(_dict(obj.get("status_transitions")).get("paid_at")) or created,
+        purchased_at=from_epoch(_dict(obj.get("status_transitions")).get("paid_at")) or created,
         until=until,
         subscription_id=subscription_id,
         invoice_id=invoice_id,
@@ -296,7 +287,7 @@ def _checkout_session(catalogue: Catalogue, obj: dict[str, Any], created: dateti
         return Ignore("subscription checkout: its invoice.paid grants")
     amount = _int(obj.get("amount_total"))
     if obj.get("payment_status") != "paid":
-        return Record(PROVIDER, payment_key(obj), "awaiting_payment", amount, _currency(obj))
+        return PaymentNote(PROVIDER, payment_key(obj), "awaiting_payment", amount, _currency(obj))
     totals = _dict(obj.get("total_details"))
     paid = Paid(
         amount=amount,
@@ -317,7 +308,7 @@ def _charge_or_intent(
         return Ignore("charge of an invoice: its invoice.paid grants")
     if obj.get("captured") is False:
         # Only authorised: the money may never move. charge.captured grants, if it comes.
-        return Record(
+        return PaymentNote(
             PROVIDER, payment_key(obj), "authorized", _int(obj.get("amount")), _currency(obj)
         )
     captured = obj.get("amount_captured")
@@ -330,7 +321,7 @@ def _dispute_closed(obj: dict[str, Any]) -> Intent:
     if status == "won":
         return Reinstate(PROVIDER, payment_key(obj))
     if status == "lost":
-        return Record(PROVIDER, payment_key(obj), "dispute_lost")
+        return PaymentNote(PROVIDER, payment_key(obj), "dispute_lost")
     return Ignore(f"dispute closed as {shown(status)}")
 
 
@@ -392,7 +383,7 @@ def _invoice_payment_failed(
         if metadata.get("sku")
         else _subscription_sku(catalogue, {"items": {"data": [{"price": price}]}}, metadata)
     )
-    starts = [_timestamp(_dict(line.get("period")).get("start")) for line in lines]
+    starts = [from_epoch(_dict(line.get("period")).get("start")) for line in lines]
     return subscriptions.from_failed_invoice(
         subscription_id,
         obj,
@@ -421,7 +412,7 @@ def interpret(event: dict[str, Any], catalogue: Catalogue, *, livemode: bool = F
             "livemode_mismatch",
         )
     created = (
-        _timestamp(obj.get("created")) or _timestamp(event.get("created")) or datetime.now(UTC)
+        from_epoch(obj.get("created")) or from_epoch(event.get("created")) or datetime.now(UTC)
     )
 
     if event_type.startswith("checkout.session.") and event_type in GRANTING:
@@ -433,12 +424,14 @@ def interpret(event: dict[str, Any], catalogue: Catalogue, *, livemode: bool = F
     if event_type == "invoice_payment.paid":
         return _invoice_payment(obj)
     if event_type == "charge.failed":
-        return Record(PROVIDER, payment_key(obj), "failed", _int(obj.get("amount")), _currency(obj))
+        return PaymentNote(
+            PROVIDER, payment_key(obj), "failed", _int(obj.get("amount")), _currency(obj)
+        )
     if event_type == "charge.refunded":
         amount, refunded = _int(obj.get("amount")), _int(obj.get("amount_refunded"))
         if obj.get("refunded") is True or (amount and refunded >= amount):
             return Revoke(PROVIDER, payment_key(obj), "refunded", refunded)
-        return Record(
+        return PaymentNote(
             PROVIDER,
             payment_key(obj),
             "partially_refunded",
@@ -451,7 +444,7 @@ def interpret(event: dict[str, Any], catalogue: Catalogue, *, livemode: bool = F
     if event_type == "charge.dispute.closed":
         return _dispute_closed(obj)
     # Subscription objects carry no "updated at": the event's own time orders their changes.
-    observed_at = _timestamp(event.get("created")) or datetime.now(UTC)
+    observed_at = from_epoch(event.get("created")) or datetime.now(UTC)
     if event_type in SUBSCRIPTION_EVENTS:
         return _subscription(catalogue, event_type, obj, observed_at)
     if event_type == "invoice.payment_failed":

@@ -31,7 +31,8 @@ STRIPE_STATUSES = frozenset(
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31
 
 
-def _moment(value: Any) -> datetime | None:
+def from_epoch(value: Any) -> datetime | None:
+    """A provider's Unix time (whole seconds) as a datetime; None when absent or nonsense."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP:
         return datetime.fromtimestamp(value, UTC)
     return None
@@ -46,11 +47,14 @@ def _items(obj: dict[str, Any]) -> list[dict[str, Any]]:
 def current_period(obj: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """The period a Stripe subscription is in: on the subscription up to API 2025-03-31.basil,
     on each subscription item from basil on (the latest end of them counts)."""
-    start, end = _moment(obj.get("current_period_start")), _moment(obj.get("current_period_end"))
+    start, end = (
+        from_epoch(obj.get("current_period_start")),
+        from_epoch(obj.get("current_period_end")),
+    )
     if end is None:
         items = _items(obj)
-        ends = [e for e in (_moment(i.get("current_period_end")) for i in items) if e]
-        starts = [s for s in (_moment(i.get("current_period_start")) for i in items) if s]
+        ends = [e for e in (from_epoch(i.get("current_period_end")) for i in items) if e]
+        starts = [s for s in (from_epoch(i.get("current_period_start")) for i in items) if s]
         end = max(ends, default=None)
         start = start or max(starts, default=None)
     return start, end
@@ -75,14 +79,16 @@ def from_stripe_subscription(
     if status not in STRIPE_STATUSES:
         raise Unprocessable(f"unknown subscription status {str(status)[:40]!r}")
     start, end = current_period(obj)
-    cancel_at = _moment(obj.get("cancel_at"))
+    cancel_at = from_epoch(obj.get("cancel_at"))
     # Newer API versions may say "cancel at the period end" as a cancel_at equal to it.
     at_period_end = obj.get("cancel_at_period_end") is True or (
         cancel_at is not None and cancel_at == end
     )
     ended_at = None
     if status in FINAL_STATUSES:
-        ended_at = _moment(obj.get("ended_at")) or _moment(obj.get("canceled_at")) or observed_at
+        ended_at = (
+            from_epoch(obj.get("ended_at")) or from_epoch(obj.get("canceled_at")) or observed_at
+        )
     return SubscriptionChange(
         provider="stripe",
         subscription_id=subscription_id,
@@ -93,7 +99,7 @@ def from_stripe_subscription(
         current_period_start=start,
         current_period_end=end,
         cancel_at_period_end=at_period_end,
-        canceled_at=_moment(obj.get("canceled_at")),
+        canceled_at=from_epoch(obj.get("canceled_at")),
         ended_at=ended_at,
         # Stripe has already moved a past-due subscription into the unpaid period: the paid
         # one ended where this one starts.

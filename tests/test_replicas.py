@@ -13,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
 from paylayer.db import create_engine
+from paylayer.ops.factories import sign_stripe, stripe_event, telegram_update
 from payments_service import telegram_updates
 from tests.conftest import fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi

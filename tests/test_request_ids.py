@@ -9,7 +9,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
+from paylayer.ops.factories import stripe_event
 from tests.payments.helpers import post_stripe, wait_settled
 from tests.stack import Stack
 

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
 from paylayer.db import create_engine
+from paylayer.ops.factories import stripe_event
 from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.payments.helpers import (

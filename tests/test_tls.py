@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
+from paylayer.ops.factories import stripe_event
 from protos.accounts.v1 import accounts_pb2
 from protos.entitlements.v1 import entitlements_pb2
 from tests.conftest import CALLER_TOKENS, fresh_database, make_settings, running_stack

@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
+from paylayer.ops.factories import stripe_event
 from tests.conftest import fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.payments.helpers import post_stripe

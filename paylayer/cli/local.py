@@ -8,20 +8,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from paylayer import processes
 from paylayer.cli.bot_webhook import describe_webhook, webhook_state
 from paylayer.cli.common import UserError, add_json_flag, print_json, settings
 from paylayer.devsecrets import DEV_DIR, ensure_dev_secrets, remember
-from paylayer.migrations import SERVICES, upgrade
+from paylayer.ops import processes
+from paylayer.ops.health import all_up, check_all
+from paylayer.ops.migrations import SERVICES, upgrade
 from paylayer.settings import DEFAULT_ADDRS, DEFAULT_METRICS_ADDRS, Settings
-from paylayer.tls import GrpcTls
 
 SERVICE_NAMES = list(processes.MODULES)
 START_TIMEOUT_SECONDS = 60.0
@@ -58,68 +53,9 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _grpc_status(addr: str, tls: GrpcTls | None) -> str:
-    channel = (
-        grpc.aio.insecure_channel(addr)
-        if tls is None
-        else grpc.aio.secure_channel(addr, tls.channel_credentials())
-    )
-    try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=1.0
-        )
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    except grpc.aio.AioRpcError as error:
-        return str(error.code().name)
-    finally:
-        await channel.close()
-
-
-async def _http_status(addr: str) -> str:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-            session.get(f"http://{addr}/readyz") as response,
-        ):
-            return "READY" if response.status == 200 else f"HTTP {response.status}"
-    except (aiohttp.ClientError, TimeoutError):
-        return "UNREACHABLE"
-
-
-async def _every(probe: Callable[[str], Awaitable[str]], addrs: str) -> str:
-    """One status for all replicas: the first that is not healthy, else the healthy one."""
-    statuses = await asyncio.gather(*(probe(addr) for addr in addrs.split(",")))
-    unhealthy = [s for s in statuses if s not in ("SERVING", "READY")]
-    return unhealthy[0] if unhealthy else statuses[0]
-
-
-async def check_all(
-    config: Settings, gateway_addr: str, only: list[str] | None = None
-) -> dict[str, str]:
-    tls = GrpcTls.from_settings(config)
-
-    async def grpc_status(addr: str) -> str:
-        return await _grpc_status(addr, tls)
-
-    probes = {
-        "accounts": lambda: _every(grpc_status, config.accounts_addr),
-        "entitlements": lambda: _every(grpc_status, config.entitlements_addr),
-        "payments": lambda: _every(grpc_status, config.payments_addr),
-        "gateway": lambda: _every(_http_status, gateway_addr),
-    }
-    names = only or list(probes)
-    statuses = await asyncio.gather(*(probes[name]() for name in names))
-    return dict(zip(names, statuses, strict=True))
-
-
-def all_up(statuses: dict[str, str]) -> bool:
-    return all(s in ("SERVING", "READY") for s in statuses.values())
-
-
 def health(args: argparse.Namespace) -> int:
     config = settings()
-    gateway_addr = os.environ.get("GATEWAY_ADDR", DEFAULT_ADDRS["gateway"])
-    statuses = asyncio.run(check_all(config, gateway_addr, args.services))
+    statuses = asyncio.run(check_all(config, config.gateway_addr, args.services))
     # Only in the full check: a per-service check (compose's health checks) must not ask
     # Telegram every few seconds. Shown, never counted: Telegram's view is not our health.
     webhook = (
@@ -172,7 +108,7 @@ def dev(args: argparse.Namespace) -> int:
     )
     env.update(processes.client_env(instances))
     config = Settings.from_env(env)
-    gateway_addr = env["GATEWAY_ADDR"]
+    gateway_addr = config.gateway_addr
     children = {i.name: processes.start(i, env) for i in instances}
     code = 0
     try:

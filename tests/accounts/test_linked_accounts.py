@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from accounts_service.server import build as build_accounts
-from paylayer.processes import free_port
+from paylayer.ops.processes import free_port
 from paylayer.settings import Settings
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2_grpc

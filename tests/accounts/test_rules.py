@@ -9,7 +9,7 @@ import pytest
 
 from accounts_service import rules
 from paylayer.catalogue import load_catalogue
-from paylayer.settings import REPO_ROOT
+from paylayer.settings import DEFAULT_CATALOGUE_PATH
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -78,7 +78,7 @@ def test_a_negative_free_margin_and_a_slightly_fast_clock_are_fine() -> None:
 
 
 def test_the_cap_follows_the_best_tier_in_the_catalogue() -> None:
-    catalogue = load_catalogue(REPO_ROOT / "catalogue.yaml")
+    catalogue = load_catalogue(DEFAULT_CATALOGUE_PATH)
     assert rules.account_cap(catalogue, set()) == 1
     assert rules.account_cap(catalogue, {"premium"}) == 3
     assert rules.account_cap(catalogue, {"premium", "vip"}) == 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC
 
@@ -13,8 +14,9 @@ from prometheus_client import REGISTRY
 
 from entitlements_service.client import EntitlementsClient, expires_at
 from entitlements_service.server import build
-from paylayer.processes import free_port
+from paylayer.ops.processes import free_port
 from paylayer.settings import Settings
+from protos.entitlements.v1 import entitlements_pb2
 from tests.entitlements.conftest import DAY, new_user, paid, revoke_of
 from tests.grpc_helpers import serving
 
@@ -145,6 +147,7 @@ async def test_a_service_without_its_database_answers_unavailable_so_callers_ret
     unreachable = replace(
         settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     )
+    before = _served("UNAVAILABLE")
     async with (
         serving(build(unreachable)) as addr,
         EntitlementsClient(addr, settings.internal_token, deadline=8.0, attempts=2) as client,
@@ -152,3 +155,31 @@ async def test_a_service_without_its_database_answers_unavailable_so_callers_ret
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.check(new_user(), "premium")
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Two attempts, as asked: the channel adds no retries of its own on top.
+    assert _served("UNAVAILABLE") - before == 2
+
+
+async def test_a_watch_stream_presents_its_token_once() -> None:
+    """A duplicated `authorization` header is one a strict proxy may refuse."""
+    seen: list[list[str]] = []
+
+    async def watch(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        seen.append([v for k, v in context.invocation_metadata() or () if k == "authorization"])
+        yield entitlements_pb2.EntitlementChange(action="heartbeat").SerializeToString()
+
+    handler = grpc.method_handlers_generic_handler(
+        "paylayer.entitlements.v1.EntitlementsService",
+        {"WatchEntitlements": grpc.unary_stream_rpc_method_handler(watch)},
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with EntitlementsClient(f"127.0.0.1:{port}", "the-token") as client:
+            async for change in client.watch(heartbeats=True):
+                assert change.action == "heartbeat"
+                break
+    finally:
+        await server.stop(None)
+    assert seen == [["Bearer the-token"]]

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.stack import free_port
+from paylayer.ops.processes import free_port
 
 
 @dataclass

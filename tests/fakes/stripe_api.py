@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from tests.stack import free_port
+from paylayer.ops.processes import free_port
 
 # A parameter's shape: a leaf kind, a nested dict of shapes, or a one-element list (an array).
 Shape = Any

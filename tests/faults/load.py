@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
+from paylayer.ops.factories import sign_stripe, stripe_event, telegram_update
 from payments_service import telegram_updates
 from payments_service.tables import inbox
 from tests.payments.helpers import check, days_left, user_of_telegram

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer import validation
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event, telegram_update
+from paylayer.ops.factories import sign_stripe, stripe_event, telegram_update
 from payments_service import stripe_events, telegram_updates
 from payments_service.intents import Unprocessable
 from protos.accounts.v1 import accounts_pb2

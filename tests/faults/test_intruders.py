@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event
+from paylayer.ops.factories import sign_stripe, stripe_event
 from protos.accounts.v1 import accounts_pb2
 from protos.entitlements.v1 import entitlements_pb2
 from protos.payments.v1 import payments_pb2

@@ -17,8 +17,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import telegram_update
 from paylayer.db import create_engine
+from paylayer.ops.factories import telegram_update
 from payments_service.tables import inbox, messages
 from tests.conftest import fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
+from paylayer.ops.factories import stripe_event
 from payments_service.tables import inbox
 from tests.payments.helpers import new_buyer, post_stripe, wait_settled
 from tests.stack import Stack

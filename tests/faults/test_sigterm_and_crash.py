@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event
+from paylayer.ops.factories import stripe_event
 from payments_service.tables import inbox, payments
 from tests.faults.load import Load, Purchase, assert_each_took_effect_once, figure, settle
 from tests.payments.helpers import check, eventually, post_stripe, user_of_telegram

@@ -28,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from entitlements_service.wire import to_proto_time
 from gateway.stripe_webhook import PAYMENTS_DEADLINE_SECONDS
 from paylayer.catalogue import load_catalogue
-from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event, telegram_update
 from payments_service import telegram_updates
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from paylayer import processes
+from paylayer.ops.services import GRPC_SERVICES
 from tests.stack import Stack
 
 pytestmark = pytest.mark.faults
@@ -58,7 +58,7 @@ async def strangers(addr: str, calls: int) -> dict[str, int]:
     return codes
 
 
-@pytest.mark.parametrize("service", processes.GRPC_SERVICES)
+@pytest.mark.parametrize("service", GRPC_SERVICES)
 async def test_unauthenticated_calls_to_made_up_methods_leave_no_memory_behind(
     fault_stack: Stack, service: str
 ) -> None:

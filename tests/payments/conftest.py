@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import sign_stripe
+from paylayer.ops.factories import sign_stripe
 from tests.fakes.bot_api import FakeBotApi
 from tests.stack import Stack
 

@@ -13,8 +13,8 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.cli.trigger import sign_stripe
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import sign_stripe
 from payments_service.tables import inbox
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc

@@ -7,8 +7,8 @@ import json
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event
 from payments_service.downstream import Downstream
 from payments_service.processor import LEASE, Processor
 from payments_service.store import Store

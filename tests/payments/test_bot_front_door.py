@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import telegram_update
+from paylayer.ops.factories import telegram_update
 from paylayer.settings import REPO_ROOT, Settings
 from tests.conftest import KNOWN_SECRETS, running_stack
 from tests.fakes.bot_backend import FakeBotBackend

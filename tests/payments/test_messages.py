@@ -17,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import stripe_event, telegram_update
+from paylayer.ops.factories import stripe_event, telegram_update
+from paylayer.settings import DEFAULT_MESSAGES_PATH
 from payments_service.messages import (
     MessagesFileError,
     Recipient,
@@ -247,7 +248,7 @@ async def test_a_refund_tells_the_buyer(
 
 def test_a_messages_file_with_an_unknown_placeholder_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "messages.yaml"
-    english = load_texts(Path(__file__).parents[2] / "messages.yaml").templates["en"]
+    english = load_texts(DEFAULT_MESSAGES_PATH).templates["en"]
     path.write_text(
         json.dumps({"languages": {"en": {**english, "receipt": "Paid {sku.__class__}"}}})
     )

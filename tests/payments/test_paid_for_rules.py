@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 
 from gateway.stripe_webhook import Rejected, verify
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import sign_stripe, stripe_event
+from paylayer.ops.factories import sign_stripe, stripe_event
 from paylayer.settings import REPO_ROOT, ConfigError, Settings
 from payments_service.intents import (
     Grant,
     Ignore,
     LinkInvoicePayment,
-    Record,
+    PaymentNote,
     Reinstate,
     Unprocessable,
 )
@@ -145,7 +145,7 @@ def test_an_uncaptured_charge_is_authorized_and_its_capture_grants(catalogue: Ca
     )
     event["data"]["object"].update(captured=False, amount_captured=0)
     intent = interpret(event, catalogue)
-    assert isinstance(intent, Record) and intent.status == "authorized"
+    assert isinstance(intent, PaymentNote) and intent.status == "authorized"
     captured = stripe_event(
         "charge.captured", catalogue, sku="premium_30d", telegram_user_id=1, payment_intent="pi_1"
     )
@@ -215,7 +215,7 @@ def test_a_dispute_closed_as_won_gives_back_and_lost_records(catalogue: Catalogu
     assert interpret(event, catalogue) == Reinstate("stripe", "pi_5")
     event["data"]["object"]["status"] = "lost"
     lost = interpret(event, catalogue)
-    assert isinstance(lost, Record) and lost.status == "dispute_lost"
+    assert isinstance(lost, PaymentNote) and lost.status == "dispute_lost"
     event["data"]["object"]["status"] = "warning_closed"
     assert isinstance(interpret(event, catalogue), Ignore)
 

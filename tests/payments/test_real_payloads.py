@@ -16,7 +16,7 @@ import pytest
 from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.settings import REPO_ROOT
 from payments_service import stripe_events, telegram_updates
-from payments_service.intents import Grant, Ignore, Record, Revoke, SubscriptionChange
+from payments_service.intents import Grant, Ignore, PaymentNote, Revoke, SubscriptionChange
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 API_VERSIONS = ["2024-06-20", "2025-03-31.basil"]
@@ -81,7 +81,7 @@ def test_a_declined_charge_is_recorded_and_grants_nothing(
 ) -> None:
     event = stripe(version, "charge.failed")
     intent = stripe_events.interpret(event, catalogue)
-    assert isinstance(intent, Record)
+    assert isinstance(intent, PaymentNote)
     assert (intent.status, intent.payment_key) == (
         "failed",
         event["data"]["object"]["payment_intent"],

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from paylayer.catalogue import Catalogue, load_catalogue
-from paylayer.cli.trigger import stripe_event
-from paylayer.settings import REPO_ROOT
+from paylayer.ops.factories import stripe_event
+from paylayer.settings import DEFAULT_CATALOGUE_PATH
 from payments_service.intents import (
     Grant,
     Ignore,
     Payer,
-    Record,
+    PaymentNote,
     Revoke,
     SubscriptionChange,
     Unprocessable,
@@ -23,7 +23,7 @@ from payments_service.stripe_events import interpret
 
 @pytest.fixture(scope="module")
 def catalogue() -> Catalogue:
-    return load_catalogue(REPO_ROOT / "catalogue.yaml")
+    return load_catalogue(DEFAULT_CATALOGUE_PATH)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_full_refund_revokes_and_partial_refund_is_recorded(catalogue: Catalogue
         catalogue,
     )
     assert (
-        isinstance(partial, Record)
+        isinstance(partial, PaymentNote)
         and partial.status == "partially_refunded"
         and partial.amount_refunded == 1000
     )
@@ -145,7 +145,7 @@ def test_unpaid_checkout_waits_and_subscription_checkout_leaves_the_grant_to_the
         "checkout.session.completed", catalogue, sku="premium_30d", telegram_user_id=1
     )
     event["data"]["object"]["payment_status"] = "unpaid"
-    assert isinstance(interpret(event, catalogue), Record)
+    assert isinstance(interpret(event, catalogue), PaymentNote)
     event["data"]["object"].update(payment_status="paid", mode="subscription")
     assert isinstance(interpret(event, catalogue), Ignore)
 

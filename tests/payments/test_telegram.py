@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event, telegram_update
 from payments_service import telegram_updates
 from payments_service.tables import inbox, payments
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc

@@ -13,8 +13,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event
 from payments_service.store import Store
 from payments_service.tables import inbox
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc

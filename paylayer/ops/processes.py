@@ -7,7 +7,6 @@ list and spread calls over it (round_robin), as they would over DNS in Kubernete
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import signal
@@ -20,15 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-# Started in this order; stopped in the reverse, so the gateway goes first.
-MODULES = {
-    "accounts": "accounts_service",
-    "entitlements": "entitlements_service",
-    "payments": "payments_service",
-    "gateway": "gateway",
-}
-GRPC_SERVICES = ("accounts", "entitlements", "payments")
-
+from paylayer.ops.services import MODULES
+from paylayer.parent import PARENT_PID_VARIABLE
 
 # Ports handed out by `free_port` are below Linux's ephemeral range (32768 and up), so an
 # outgoing connection cannot take one between the probe and the server's own bind.
@@ -88,27 +80,6 @@ def client_env(instances: list[Instance]) -> dict[str, str]:
         addrs = [i.listen_addr for i in instances if i.service == service]
         env[f"{service.upper()}_ADDR"] = ",".join(addrs)
     return env
-
-
-PARENT_PID_VARIABLE = "PAYLAYER_PARENT_PID"
-
-
-def die_with_parent() -> None:
-    """Called first thing by every service: end with the launcher, so none is orphaned.
-
-    Done in the child rather than with Popen's preexec_fn, which may deadlock a child forked
-    from a parent that runs gRPC threads (the tests do).
-    """
-    parent = os.environ.get(PARENT_PID_VARIABLE)
-    if not parent:
-        return
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return  # not Linux: the launcher's own stop is all there is
-    if os.getppid() != int(parent):
-        raise SystemExit("launcher gone before start")
 
 
 def own_token(service: str, env: Mapping[str, str]) -> dict[str, str]:
