@@ -1,5 +1,6 @@
 """Composition root of the accounts service: engine, servicer, and the shared gRPC kit."""
 
+from accounts_service.retention import forget_old_history
 from accounts_service.servicer import AccountsServicer
 from accounts_service.store import AccountsStore
 from accounts_service.tiers import TierCaps
@@ -21,8 +22,9 @@ def build(settings: Settings) -> GrpcService:
     entitlements = open_channel(
         settings.entitlements_addr, settings.internal_token, tls=GrpcTls.from_settings(settings)
     )
+    store = AccountsStore(engine)
     servicer = AccountsServicer(
-        AccountsStore(engine), TierCaps(entitlements, load_catalogue(settings.catalogue_path))
+        store, TierCaps(entitlements, load_catalogue(settings.catalogue_path))
     )
     return GrpcService(
         name="accounts",
@@ -32,6 +34,7 @@ def build(settings: Settings) -> GrpcService:
         add_servicer=lambda server: accounts_pb2_grpc.add_AccountsServiceServicer_to_server(
             servicer, server
         ),
+        background=[lambda: forget_old_history(store, settings.snapshot_history_days)],
         on_stop=[entitlements.close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

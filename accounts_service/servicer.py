@@ -20,6 +20,8 @@ from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 MAX_TEXT_LENGTH = 255
 MAX_EMAIL_LENGTH = 254  # the longest address SMTP can carry
 MAX_BATCH = 500
+DEFAULT_HISTORY_POINTS = 1440  # a day of minutes
+MAX_HISTORY_POINTS = 10_000
 
 _ACCOUNT_TYPE_NAMES = {
     accounts_pb2.ACCOUNT_TYPE_DEMO: "demo",
@@ -298,6 +300,33 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
         cap = await self._tiers.cap_for(account.user_id)
         return accounts_pb2.GetAccountResponse(
             account=_account_message(account, suspended=rules.is_suspended(older_links, cap))
+        )
+
+    async def ListAccountSnapshots(
+        self, request: accounts_pb2.ListAccountSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.ListAccountSnapshotsResponse:
+        login = _login(request.login)
+        server = _text("server", request.server, required=True)
+        if not 0 <= request.limit <= MAX_HISTORY_POINTS:
+            raise InvalidArgument(f"limit must be between 0 and {MAX_HISTORY_POINTS}")
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        if since and until and since >= until:
+            raise InvalidArgument("since must be before until")
+        await self._store.get_account(login, server)  # NOT_FOUND when not linked
+        points = await self._store.snapshot_history(
+            login, server, since=since, until=until, limit=request.limit or DEFAULT_HISTORY_POINTS
+        )
+        return accounts_pb2.ListAccountSnapshotsResponse(
+            points=[
+                accounts_pb2.AccountSnapshotPoint(
+                    time=_timestamp(point.time),
+                    balance=point.balance,
+                    equity=point.equity,
+                    drawdown=point.drawdown,
+                )
+                for point in points
+            ]
         )
 
     async def _require_user(self, user_id: str) -> None:

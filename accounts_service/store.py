@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Row, func, select, tuple_, update
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from accounts_service import rules
-from accounts_service.tables import accounts, users
+from accounts_service.tables import accounts, snapshot_history, users
 from paylayer.errors import AlreadyExists, FailedPrecondition, NotFound
 
 # The column name of each identity a user can be found by.
@@ -311,7 +312,56 @@ class AccountsStore:
                     .returning(*accounts.c)
                 )
             ).one()
+            # In the same transaction: the chart never shows a point the account never had.
+            await connection.execute(
+                pg_insert(snapshot_history)
+                .values(
+                    login=updated.login,
+                    server_key=updated.server_key,
+                    minute=rules.history_minute(snapshot.time),
+                    time=snapshot.time,
+                    balance=snapshot.balance,
+                    equity=snapshot.equity,
+                    drawdown=drawdown.drawdown,
+                )
+                .on_conflict_do_nothing()
+            )
             return _account(updated), await self._older_links(connection, updated), True
+
+    async def snapshot_history(
+        self,
+        login: int,
+        server: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+    ) -> Sequence[rules.HistoryPoint]:
+        """The newest `limit` points in [since, until), oldest first."""
+        query = select(snapshot_history).where(
+            snapshot_history.c.login == login,
+            snapshot_history.c.server_key == rules.server_key(server),
+        )
+        if since is not None:
+            query = query.where(snapshot_history.c.minute >= rules.history_minute(since))
+        if until is not None:
+            query = query.where(snapshot_history.c.time < until)
+        query = query.order_by(snapshot_history.c.minute.desc()).limit(limit)
+        async with self._single.connect() as connection:
+            rows = list(await connection.execute(query))
+        return [
+            rules.HistoryPoint(
+                time=row.time, balance=row.balance, equity=row.equity, drawdown=row.drawdown
+            )
+            for row in reversed(rows)
+        ]
+
+    async def forget_old_history(self, older_than: timedelta) -> int:
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                snapshot_history.delete().where(snapshot_history.c.minute < func.now() - older_than)
+            )
+        return result.rowcount or 0
 
     async def _account_row(
         self, connection: AsyncConnection, login: int, server: str, *, for_update: bool = False

@@ -119,6 +119,10 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     # Processed and ignored events older than this leave the inbox (0: kept for ever).
     inbox_retention_days: int = 90
+    # Accounts' snapshot history (one point a minute) older than this is forgotten (0: never).
+    snapshot_history_days: int = 90
+    # The operator console's address: never the gateway's public one.
+    console_addr: str = "127.0.0.1:8081"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,6 +158,8 @@ class Settings:
             database_pool_size=_count("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "0")),
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
+            snapshot_history_days=_whole_number(env, "SNAPSHOT_HISTORY_DAYS", 90),
+            console_addr=env.get("CONSOLE_ADDR", "").strip() or cls.console_addr,
         )
 
     def require(self, *names: str) -> None:

@@ -88,6 +88,10 @@ def _get_account() -> accounts_pb2.GetAccountRequest:
     return accounts_pb2.GetAccountRequest(login=1, server="Roles-Demo")
 
 
+def _snapshot_history() -> accounts_pb2.ListAccountSnapshotsRequest:
+    return accounts_pb2.ListAccountSnapshotsRequest(login=1, server="Roles-Demo")
+
+
 def _list_events() -> payments_pb2.ListEventsRequest:
     return payments_pb2.ListEventsRequest(page_size=1)
 
@@ -124,6 +128,7 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
     "mt5": [(ACCOUNTS + "ReportAccountSnapshot", _snapshot)],
     "reader": [
         (ACCOUNTS + "GetAccount", _get_account),
+        (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
         (ENTITLEMENTS + "CheckEntitlement", _check),
         (PAYMENTS + "ListEvents", _list_events),
     ],
@@ -131,6 +136,7 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
         (ACCOUNTS + "ResolveUser", lambda: _resolve(create=True)),
         (ENTITLEMENTS + "GrantEntitlement", lambda: _manual_grant(str(uuid.uuid4()))),
         (PAYMENTS + "ReplayEvent", _replay),
+        (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
     ],
 }
 REFUSED: dict[str, list[tuple[str, Any]]] = {
@@ -159,6 +165,7 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
     ],
     "mt5": [
         (ACCOUNTS + "GetAccount", _get_account),
+        (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
         (ENTITLEMENTS + "CheckEntitlement", _check),
         (PAYMENTS + "ListEvents", _list_events),
     ],
