@@ -18,6 +18,7 @@ from payments_service import telegram_updates
 from payments_service.bot_api import BotApi
 from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
+from payments_service.overview import overview
 from payments_service.processor import Processor
 from payments_service.store import Event, Store
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -25,6 +26,8 @@ from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 500
+MAX_OVERVIEW_HOURS = 168
+MAX_OVERVIEW_DAYS = 366
 _STATUS_NAMES = {
     "pending": payments_pb2.EVENT_STATUS_PENDING,
     "processed": payments_pb2.EVENT_STATUS_PROCESSED,
@@ -250,6 +253,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             provider=_provider(request.provider),
             limit=limit,
             before_id=_page_token(request.page_token),
+            received_since=_since(request.received_since, required=False),
+            received_before=_since(request.received_before, required=False),
         )
         return payments_pb2.ListEventsResponse(
             events=[event_message(e) for e in events],
@@ -284,6 +289,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             provider=_provider(request.provider),
             limit=limit,
             before_seq=_page_token(request.page_token),
+            payment_key=_text("payment_key", request.payment_key),
         )
         return payments_pb2.ListPaymentsResponse(
             payments=[payment_message(row) for row in rows],
@@ -306,6 +312,14 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     ) -> payments_pb2.RefundPaymentResponse:
         _provider(request.provider, required=True)
         _text("payment_key", request.payment_key, required=True)
+        log.info(
+            "refund of %s:%s asked by %s%s: %s",
+            request.provider,
+            request.payment_key,
+            caller_var.get(),
+            f" ({_text('requested_by', request.requested_by)})" if request.requested_by else "",
+            _text("reason", request.reason) or "no reason given",
+        )
         if request.provider == "stripe":
             # The refund's charge.refunded webhook revokes, as for a refund made in Stripe.
             await self.checkout.refund_stripe(request.payment_key)
@@ -455,3 +469,50 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         if replayed:
             self.processor.kick()
         return payments_pb2.ReplayEventsResponse(replayed=len(replayed))
+
+    async def GetEvent(
+        self, request: payments_pb2.GetEventRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetEventResponse:
+        provider = _provider(request.provider, required=True)
+        event_id = _text("event_id", request.event_id, required=True)
+        event = await self.store.get_event(provider, event_id)
+        if event is None:
+            raise NotFound(f"no event {provider}:{request.event_id}")
+        return payments_pb2.GetEventResponse(
+            event=event_message(event), payload=event.payload, replayed_by=event.replayed_by or ""
+        )
+
+    async def GetOverview(
+        self, request: payments_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetOverviewResponse:
+        if not 0 <= request.hours <= MAX_OVERVIEW_HOURS:
+            raise InvalidArgument(f"hours must be between 0 and {MAX_OVERVIEW_HOURS}")
+        if not 0 <= request.days <= MAX_OVERVIEW_DAYS:
+            raise InvalidArgument(f"days must be between 0 and {MAX_OVERVIEW_DAYS}")
+        figures = await overview(
+            self.store.engine,
+            now=datetime.now(UTC),
+            hours=request.hours or 24,
+            days=request.days or 30,
+        )
+        return payments_pb2.GetOverviewResponse(
+            events_per_hour=[
+                payments_pb2.HourlyEventCount(
+                    hour=_stamp(hour), status=_STATUS_NAMES[status], count=count
+                )
+                for hour, status, count in figures.events_per_hour
+            ],
+            failed_events=figures.failed_events,
+            pending_events=figures.pending_events,
+            oldest_pending_received_at=_stamp(figures.oldest_pending_received_at),
+            revenue_per_day=[
+                payments_pb2.DailyRevenue(
+                    day=_stamp(day),
+                    provider=provider,
+                    currency=currency,
+                    amount=amount,
+                    payments=count,
+                )
+                for day, provider, currency, amount, count in figures.revenue_per_day
+            ],
+        )
