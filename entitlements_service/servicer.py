@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # promotional, ...) is a person's decision and must say why and who.
 PAYMENT_PROVIDERS = frozenset({"stripe", "telegram"})
 MAX_ID_LENGTH = 256
+MAX_AUDIT_ROWS = 1000
 MAX_REASON_LENGTH = 1000
 MAX_BATCH = 500
 # Far enough for any real term, near enough that datetime arithmetic cannot overflow.
@@ -267,6 +268,32 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
     def _unknown_entitlement(self, entitlement: str) -> str:
         known = ", ".join(sorted(self._granting_tiers))
         return f"unknown entitlement {entitlement[:MAX_ID_LENGTH]!r} (known: {known})"
+
+    async def ListAudit(
+        self, request: entitlements_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> entitlements_pb2.ListAuditResponse:
+        _require_id("user_id", request.user_id)
+        if not 0 <= request.limit <= MAX_AUDIT_ROWS:
+            raise InvalidArgument(f"limit must be between 0 and {MAX_AUDIT_ROWS}")
+        rows = await self._store.audit_of_user(request.user_id, request.limit or 100)
+        return entitlements_pb2.ListAuditResponse(
+            entries=[
+                entitlements_pb2.AuditEntry(
+                    occurred_at=wire.timestamp(row["occurred_at"]),
+                    action=row["action"],
+                    source=entitlements_pb2.Source(
+                        provider=row["provider"], reference=row["reference"]
+                    ),
+                    grant_id=str(row["grant_id"]),
+                    entitlement=row["entitlement"] or "",
+                    event_id=row["event_id"],
+                    reason=row["reason"],
+                    actor=row["actor"],
+                    on_behalf_of=str((row["details"] or {}).get("on_behalf_of", "")),
+                )
+                for row in rows
+            ]
+        )
 
 
 def _check_source_allowed(caller: str, provider: str) -> None:

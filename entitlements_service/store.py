@@ -80,6 +80,18 @@ class EntitlementStore:
         self._engine = engine
 
     @_unavailable_when_unreachable
+    async def audit_of_user(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        """A user's audit rows, newest first."""
+        query = (
+            select(audit)
+            .where(audit.c.user_id == user_id)
+            .order_by(audit.c.audit_id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as connection:
+            return [dict(row._mapping) for row in await connection.execute(query)]
+
+    @_unavailable_when_unreachable
     async def grant(self, new: Grant, *, on_behalf_of: str = "") -> tuple[Grant, bool]:
         """Record `new` unless its source is known. Returns the grant that stands, and created.
 
