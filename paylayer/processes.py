@@ -26,6 +26,7 @@ MODULES = {
     "entitlements": "entitlements_service",
     "payments": "payments_service",
     "gateway": "gateway",
+    "console": "console",  # the operator console (HTTP), after the services it reads
 }
 GRPC_SERVICES = ("accounts", "entitlements", "payments")
 

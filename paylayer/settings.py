@@ -15,6 +15,7 @@ DEFAULT_ADDRS = {
     "payments": "127.0.0.1:50051",
     "entitlements": "127.0.0.1:50052",
     "accounts": "127.0.0.1:50053",
+    "console": "127.0.0.1:8081",
 }
 
 
@@ -25,6 +26,7 @@ DEFAULT_METRICS_ADDRS = {
     "payments": "127.0.0.1:9051",
     "entitlements": "127.0.0.1:9052",
     "accounts": "127.0.0.1:9053",
+    "console": "127.0.0.1:9054",  # unused: the console serves no metrics yet
 }
 
 
@@ -122,7 +124,7 @@ class Settings:
     # Accounts' snapshot history (one point a minute) older than this is forgotten (0: never).
     snapshot_history_days: int = 90
     # The operator console's address: never the gateway's public one.
-    console_addr: str = "127.0.0.1:8081"
+    console_addr: str = DEFAULT_ADDRS["console"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

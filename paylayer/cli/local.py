@@ -106,6 +106,7 @@ async def check_all(
         "entitlements": lambda: _every(grpc_status, config.entitlements_addr),
         "payments": lambda: _every(grpc_status, config.payments_addr),
         "gateway": lambda: _every(_http_status, gateway_addr),
+        "console": lambda: _every(_http_status, config.console_addr),
     }
     names = only or list(probes)
     statuses = await asyncio.gather(*(probes[name]() for name in names))
@@ -214,6 +215,8 @@ def _print_banner(
     print(f"  payments      {config.payments_addr}")
     print(f"  entitlements  {config.entitlements_addr}")
     print(f"  accounts      {config.accounts_addr}")
+    consoles = ", ".join(f"http://{addr}" for addr in config.console_addr.split(","))
+    print(f"  console       {consoles}  (sign in with the operator token below)")
     if generated:
         print(f"\nDevelopment secrets (generated, kept in {DEV_DIR / 'dev.env'}):")
         for name, value in generated.items():

@@ -1,0 +1,41 @@
+"""`python -m console`: serve the operator console until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+import uvloop
+from aiohttp import web
+
+from console.app import init_app
+from paylayer import processes
+from paylayer.callers import CallerTokens, CallerTokensError
+from paylayer.logs import configure_logging
+from paylayer.settings import ConfigError, Settings
+
+
+def main() -> None:
+    processes.die_with_parent()
+    try:
+        settings = Settings.from_env()
+        # Sign-in checks tokens against these: with none, nobody could sign in.
+        CallerTokens.from_settings(settings.caller_tokens, settings.internal_token)
+    except (ConfigError, CallerTokensError) as error:
+        print(f"console: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging("console", settings.log_level, settings.secrets())
+    # `paylayer dev` and the tests hand each process LISTEN_ADDR; alone, CONSOLE_ADDR decides.
+    host, port = (settings.listen_addr or settings.console_addr).rsplit(":", 1)
+    web.run_app(
+        init_app(settings),
+        host=host,
+        port=int(port),
+        print=None,
+        shutdown_timeout=5,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()
