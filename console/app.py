@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import setup as setup_sessions
 
-from console import security, views
+from console import metrics, security, views
 from console.keys import CALLER_TOKENS_KEY, CATALOGUE_KEY, SERVICES_KEY
 from console.services import Services
 from paylayer.callers import CallerTokens
@@ -25,11 +26,19 @@ def _format_time(value: object) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if hasattr(value, "strftime") else ""
 
 
-def init_app(settings: Settings, session_key: bytes | None = None) -> web.Application:
-    """The console. Sessions are encrypted with a key made at start unless one is given: a
-    restart signs everyone out, which an operator's console can afford."""
-    app = web.Application(client_max_size=64 * 1024, middlewares=[security.security_headers])
-    setup_sessions(app, security.ConsoleCookieStorage(session_key or secrets.token_bytes(32)))
+def session_key(settings: Settings) -> bytes:
+    """32 bytes for Fernet from CONSOLE_SESSION_KEY (any length), else made now: without it a
+    restart signs operators out, and replicas cannot read each other's cookies."""
+    if settings.console_session_key:
+        return hashlib.sha256(settings.console_session_key.encode()).digest()
+    return secrets.token_bytes(32)
+
+
+def init_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=64 * 1024, middlewares=[metrics.middleware, security.security_headers]
+    )
+    setup_sessions(app, security.ConsoleCookieStorage(session_key(settings)))
     app.middlewares.append(security.require_operator)
     app.middlewares.append(views.grpc_errors)
     environment = aiohttp_jinja2.setup(

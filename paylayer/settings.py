@@ -125,6 +125,9 @@ class Settings:
     snapshot_history_days: int = 90
     # The operator console's address: never the gateway's public one.
     console_addr: str = DEFAULT_ADDRS["console"]
+    # Encrypts the console's session cookies; every console replica needs the same. Unset: one
+    # made at start, so a restart signs operators out.
+    console_session_key: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -162,6 +165,7 @@ class Settings:
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             snapshot_history_days=_whole_number(env, "SNAPSHOT_HISTORY_DAYS", 90),
             console_addr=env.get("CONSOLE_ADDR", "").strip() or cls.console_addr,
+            console_session_key=env.get("CONSOLE_SESSION_KEY", ""),
         )
 
     def require(self, *names: str) -> None:
@@ -193,6 +197,7 @@ class Settings:
             self.telegram_webhook_secret,
             self.telegram_bot_token,
             self.bot_updates_secret,
+            self.console_session_key,
             self.internal_token,
             *caller_token_values(self.caller_tokens),
             *database_passwords(self.database_url),
