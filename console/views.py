@@ -567,9 +567,19 @@ async def user_page(request: web.Request) -> web.Response:
     )
 
 
+async def _existing_user(stubs: Stubs, raw: str) -> str:
+    """The canonical id of a user that exists: a grant never goes to a made-up id."""
+    try:
+        user_id = str(uuid.UUID(raw))
+    except ValueError:
+        raise web.HTTPNotFound(text="not a user id") from None
+    await stubs.accounts.ResolveUser(accounts_pb2.ResolveUserRequest(user_id=user_id))
+    return user_id
+
+
 async def grant(request: web.Request) -> web.StreamResponse:
     stubs, operator = await operator_stubs(request)
-    user_id = request.match_info["user_id"]
+    user_id = await _existing_user(stubs, request.match_info["user_id"])
     form = await request.post()
     entitlement = str(form.get("entitlement", ""))
     reason = str(form.get("reason", "")).strip()
@@ -579,13 +589,14 @@ async def grant(request: web.Request) -> web.StreamResponse:
     if not reason or len(reason) > MAX_REASON:
         await flash(request, "error", "A manual grant needs a reason.")
         raise web.HTTPSeeOther(f"/users/{user_id}")
+    nonce = str(form.get("nonce", ""))
+    if not (nonce.isascii() and nonce.isalnum() and len(nonce) <= 64):
+        raise web.HTTPBadRequest(text="the form is missing its nonce")
     request_message = entitlements_pb2.GrantEntitlementRequest(
         user_id=user_id,
         entitlement=entitlement,
         # One source per submitted form: a double submit is one grant (idempotent by source).
-        source=entitlements_pb2.Source(
-            provider="manual", reference=f"console-{form.get('nonce', '')}"[:120]
-        ),
+        source=entitlements_pb2.Source(provider="manual", reference=f"console-{nonce}"),
         reason=reason,
         granted_by=operator,
     )
@@ -595,8 +606,6 @@ async def grant(request: web.Request) -> web.StreamResponse:
         request_message.duration_seconds = int(term) * 86400
     else:
         raise web.HTTPBadRequest(text="days must be 1 to 3650, or lifetime")
-    if not str(form.get("nonce", "")).isalnum():
-        raise web.HTTPBadRequest(text="the form is missing its nonce")
     reply = await stubs.entitlements.GrantEntitlement(request_message)
     log.info("console: %s granted %s to %s", operator, entitlement, user_id)
     await flash(
@@ -609,7 +618,7 @@ async def grant(request: web.Request) -> web.StreamResponse:
 
 async def revoke(request: web.Request) -> web.StreamResponse:
     stubs, operator = await operator_stubs(request)
-    user_id = request.match_info["user_id"]
+    user_id = await _existing_user(stubs, request.match_info["user_id"])
     form = await request.post()
     reason = str(form.get("reason", "")).strip()
     if not reason or len(reason) > MAX_REASON:
