@@ -40,6 +40,7 @@ STATUS_NAMES = {value: name for name, value in STATUSES.items()}
 PROVIDERS = ("stripe", "telegram")
 INBOX_PAGE = 50
 CHART_DAYS = 7
+CHART_POINTS = 1200  # about one per pixel of a wide chart
 MAX_REASON = 500
 
 
@@ -518,11 +519,12 @@ async def user_page(request: web.Request) -> web.Response:
                 "snapshot_time": when(account.snapshot_time),
                 "points": len(history.points),
                 "json": chart_json(
-                    {
-                        "x": [p.time.seconds for p in history.points],
-                        "equity": [p.equity for p in history.points],
-                        "drawdown": [round(p.drawdown * 100, 3) for p in history.points],
-                    }
+                    shape.downsample(
+                        [p.time.seconds for p in history.points],
+                        [round(p.equity, 2) for p in history.points],
+                        [round(p.drawdown * 100, 3) for p in history.points],
+                        CHART_POINTS,
+                    )
                 ),
             }
         )

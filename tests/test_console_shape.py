@@ -83,3 +83,12 @@ def test_only_an_operator_token_signs_in_plain_or_by_digest() -> None:
     assert is_operator_token(tokens, "op-1") and is_operator_token(tokens, "op-2")
     assert not is_operator_token(tokens, "read-1")
     assert not is_operator_token(tokens, "") and not is_operator_token(tokens, "op-3")
+
+
+def test_downsampling_keeps_the_deepest_drawdown_of_each_stretch() -> None:
+    times = list(range(10_000))
+    drawdown = [0.0] * 10_000
+    drawdown[4321] = 30.0
+    chart = shape.downsample(times, [1.0] * 10_000, drawdown, 1000)
+    assert len(chart["x"]) == 1000 and 4321 in chart["x"] and max(chart["drawdown"]) == 30.0
+    assert shape.downsample([1, 2], [1.0, 2.0], [0.0, 0.0], 1000)["x"] == [1, 2]
