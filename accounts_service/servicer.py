@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import cast
@@ -313,14 +314,31 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
         until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
         if since and until and since >= until:
             raise InvalidArgument("since must be before until")
+        if request.max_points < 0:
+            raise InvalidArgument("max_points must not be negative")
+        bucket_seconds = 0
+        if request.max_points:
+            if since is None:
+                raise InvalidArgument("max_points needs since: the span to divide")
+            span = ((until or datetime.now(UTC)) - since).total_seconds()
+            # Whole minutes: history has at most one point a minute.
+            bucket_seconds = max(1, math.ceil(span / request.max_points / 60)) * 60
         await self._store.get_account(login, server)  # NOT_FOUND when not linked
         points = await self._store.snapshot_history(
-            login, server, since=since, until=until, limit=request.limit or DEFAULT_HISTORY_POINTS
+            login,
+            server,
+            since=since,
+            until=until,
+            limit=request.limit or DEFAULT_HISTORY_POINTS,
+            bucket_seconds=bucket_seconds,
         )
         return accounts_pb2.ListAccountSnapshotsResponse(
             points=[
                 accounts_pb2.AccountSnapshotPoint(
-                    time=_timestamp(point.time),
+                    # Built directly: FromDatetime costs more than the rest for 10,000 points.
+                    time=Timestamp(
+                        seconds=int(point.time.timestamp()), nanos=point.time.microsecond * 1000
+                    ),
                     balance=point.balance,
                     equity=point.equity,
                     drawdown=point.drawdown,

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Row, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -336,9 +337,18 @@ class AccountsStore:
         since: datetime | None,
         until: datetime | None,
         limit: int,
+        bucket_seconds: int = 0,
     ) -> Sequence[rules.HistoryPoint]:
-        """The newest `limit` points in [since, until), oldest first."""
-        query = select(snapshot_history).where(
+        """The newest `limit` points in [since, until), oldest first. With `bucket_seconds`,
+        one point per stretch of that many seconds: the one with the deepest drawdown, so a
+        chart of months stays small without hiding a dip."""
+        columns = (
+            snapshot_history.c.time,
+            snapshot_history.c.balance,
+            snapshot_history.c.equity,
+            snapshot_history.c.drawdown,
+        )
+        query = select(*columns).where(
             snapshot_history.c.login == login,
             snapshot_history.c.server_key == rules.server_key(server),
         )
@@ -346,13 +356,17 @@ class AccountsStore:
             query = query.where(snapshot_history.c.minute >= rules.history_minute(since))
         if until is not None:
             query = query.where(snapshot_history.c.time < until)
-        query = query.order_by(snapshot_history.c.minute.desc()).limit(limit)
-        async with self._single.connect() as connection:
-            rows = list(await connection.execute(query))
-        return [
-            rules.HistoryPoint(
-                time=row.time, balance=row.balance, equity=row.equity, drawdown=row.drawdown
+        if bucket_seconds > 0:
+            bucket = func.floor(func.extract("epoch", snapshot_history.c.minute) / bucket_seconds)
+            query = query.ext(distinct_on(bucket)).order_by(
+                bucket.desc(), snapshot_history.c.drawdown.desc(), snapshot_history.c.minute
             )
+        else:
+            query = query.order_by(snapshot_history.c.minute.desc())
+        async with self._single.connect() as connection:
+            rows = (await connection.execute(query.limit(limit))).all()
+        return [
+            rules.HistoryPoint(time=row[0], balance=row[1], equity=row[2], drawdown=row[3])
             for row in reversed(rows)
         ]
 

@@ -502,6 +502,7 @@ async def user_page(request: web.Request) -> web.Response:
                 server=account.server,
                 since=stamp_of(now - timedelta(days=CHART_DAYS)),
                 limit=10_000,
+                max_points=CHART_POINTS,
             )
         )
         charts.append(

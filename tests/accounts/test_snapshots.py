@@ -212,3 +212,29 @@ async def test_history_of_an_unlinked_account_or_bad_range_is_refused(accounts: 
     with pytest.raises(grpc.aio.AioRpcError) as too_many:
         await history(accounts, login, server, limit=10_001)
     assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_history_thinned_to_max_points_keeps_each_stretchs_deepest_drawdown(
+    accounts: Stub,
+) -> None:
+    login, server = await linked_account(accounts)
+    start = START.replace(second=0, microsecond=0) - timedelta(hours=1)
+    for minute in range(60):
+        # A steady climb with one sharp dip at minute 37.
+        equity = 500.0 if minute == 37 else 1000.0 + minute
+        await accounts.ReportAccountSnapshot(
+            report(login, server, start + timedelta(minutes=minute), equity)
+        )
+    since = Timestamp()
+    since.FromDatetime(start)
+    until = Timestamp()
+    until.FromDatetime(start + timedelta(minutes=60))
+
+    points = await history(accounts, login, server, since=since, until=until, max_points=6)
+
+    assert 6 <= len(points) <= 7
+    assert [time for time, _, _ in points] == sorted(time for time, _, _ in points)
+    assert (start + timedelta(minutes=37), 500.0, round(1 - 500 / 1036, 6)) in points
+    with pytest.raises(grpc.aio.AioRpcError) as no_span:
+        await history(accounts, login, server, max_points=6)
+    assert no_span.value.code() == grpc.StatusCode.INVALID_ARGUMENT
