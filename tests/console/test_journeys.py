@@ -232,6 +232,26 @@ async def test_replay_a_failed_event_and_see_it_applied(
     assert (await event_statuses(engine, "stripe", [event["id"]])) == {event["id"]: "processed"}
 
 
+async def test_replay_every_failed_event_matching_a_filter(
+    page: Any,
+    console_url: str,
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    catalogue: Catalogue,
+    engine: AsyncEngine,
+) -> None:
+    first, _ = await failed_then_fixable(http, stack, catalogue, engine)
+    second, _ = await failed_then_fixable(http, stack, catalogue, engine)
+    await sign_in(page, console_url, stack.settings.internal_token)
+
+    await page.goto(f"{console_url}/inbox?provider=stripe&type=charge.succeeded&status=failed")
+    await page.click("button:has-text('Replay every failed event matching this filter')")
+    await page.wait_for_selector("text=events put back in the queue.")
+
+    ids = [first["id"], second["id"]]
+    assert await wait_settled(engine, "stripe", ids) == {i: "processed" for i in ids}
+
+
 async def test_refund_a_stars_payment_with_a_reason(
     page: Any,
     console_url: str,
@@ -295,6 +315,10 @@ async def test_without_a_session_every_page_sends_to_sign_in_and_every_change_is
             assert reply.status == 401, path
     assert await event_statuses(engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
     assert bot_api.calls_of("refundStarPayment") == []
+    # Behind a proxy that terminated TLS, the session cookie is Secure as well.
+    async with http.get(f"{console_url}/signin", headers={"X-Forwarded-Proto": "https"}) as reply:
+        cookie = reply.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
 
 
 async def test_a_forged_csrf_token_is_refused_and_changes_nothing(
