@@ -11,6 +11,7 @@ COPY gateway gateway
 COPY payments_service payments_service
 COPY entitlements_service entitlements_service
 COPY accounts_service accounts_service
+COPY console console
 
 # Generated code is built here from the .proto files, as `make protos` does, then the
 # generator is removed: the image runs, it does not build.
