@@ -279,6 +279,7 @@ async def replay_matching(request: web.Request) -> web.StreamResponse:
         status=STATUSES[chosen["status"]],
         event_type=chosen["type"],
         provider=chosen["provider"],
+        requested_by=operator,
     )
     if chosen["since"]:
         replay.since.CopyFrom(stamp_of(chosen["since"]))
@@ -321,7 +322,7 @@ async def replay_one(request: web.Request) -> web.StreamResponse:
     stubs, operator = await operator_stubs(request)
     provider, event_id = request.match_info["provider"], request.match_info["event_id"]
     reply = await stubs.payments.ReplayEvent(
-        payments_pb2.ReplayEventRequest(provider=provider, event_id=event_id)
+        payments_pb2.ReplayEventRequest(provider=provider, event_id=event_id, requested_by=operator)
     )
     status = STATUS_NAMES.get(reply.event.status, "?")
     log.info("console: %s replayed %s:%s, now %s", operator, provider, event_id, status)

@@ -145,6 +145,12 @@ def _since(stamp: Timestamp, *, required: bool) -> datetime | None:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
+def _replayed_by(requested_by: str) -> str:
+    """The caller's name from its credential, and the person it names beside it, never instead."""
+    person = _text("requested_by", requested_by.strip())
+    return f"{caller_var.get()} for {person}" if person else caller_var.get()
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     """The caller's own request id, when it sent one: a retry with it is the same request."""
     for key, value in context.invocation_metadata() or ():
@@ -267,7 +273,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         _provider(request.provider, required=True)
         _text("event_id", request.event_id, required=True)
         replayed = await self.store.replay(
-            request.provider, request.event_id, replayed_by=caller_var.get()
+            request.provider, request.event_id, replayed_by=_replayed_by(request.requested_by)
         )
         if replayed is None:
             existing = await self.store.get_event(request.provider, request.event_id)
@@ -464,7 +470,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             event_type=_text("event_type", request.event_type),
             provider=_provider(request.provider),
             since=_since(request.since, required=False),
-            replayed_by=caller_var.get(),
+            replayed_by=_replayed_by(request.requested_by),
         )
         if replayed:
             self.processor.kick()

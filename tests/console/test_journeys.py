@@ -228,6 +228,7 @@ async def test_replay_a_failed_event_and_see_it_applied(
     await page.click("button:has-text('Replay this event')")
     await page.wait_for_selector("text=Replayed: the event is now processed.")
     assert await page.text_content("#event-status") == "processed"
+    assert "operator for alice" in (await page.text_content("dl.facts") or "")
     await page.screenshot(path=screenshots / "replayed-event.png", full_page=True)
     assert (await event_statuses(engine, "stripe", [event["id"]])) == {event["id"]: "processed"}
 
