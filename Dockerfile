@@ -11,6 +11,7 @@ COPY gateway gateway
 COPY payments_service payments_service
 COPY entitlements_service entitlements_service
 COPY accounts_service accounts_service
+COPY console console
 
 # The build hook (setup.py) generates the gRPC code from the .proto files, as `make protos`
 # does; the generator stays in the build's own environment: the image runs, it does not build.

@@ -109,6 +109,22 @@ def is_suspended(older_links: int, cap: int) -> bool:
     return older_links >= cap
 
 
+def history_minute(snapshot_time: datetime) -> datetime:
+    """The minute a snapshot's history point belongs to: one point a minute per account, the
+    first applied snapshot of the minute (later ones that minute change only the latest)."""
+    return snapshot_time.replace(second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One point of an account's chart."""
+
+    time: datetime
+    balance: float
+    equity: float
+    drawdown: float
+
+
 @dataclass(frozen=True)
 class User:
     user_id: str

@@ -2,6 +2,7 @@
 the shared gRPC kit."""
 
 from accounts_service.entitlements_client import TierCaps
+from accounts_service.retention import forget_old_history
 from accounts_service.servicer import AccountsServicer
 from accounts_service.store import UnitOfWork
 from accounts_service.use_cases import Accounts
@@ -37,6 +38,7 @@ def build(settings: Settings) -> GrpcService:
         add_servicer=lambda server: accounts_pb2_grpc.add_AccountsServiceServicer_to_server(
             servicer, server
         ),
+        background=[lambda: forget_old_history(accounts, settings.snapshot_history_days)],
         on_stop=[entitlements.close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import cast
 
@@ -15,6 +16,8 @@ from paylayer.errors import DomainError, InvalidArgument
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 MAX_BATCH = 500
+DEFAULT_HISTORY_POINTS = 1440  # a day of minutes
+MAX_HISTORY_POINTS = 10_000
 
 
 class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
@@ -103,3 +106,33 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
             wire.login(request.login), wire.server(request.server)
         )
         return accounts_pb2.GetAccountResponse(account=wire.account_message(view))
+
+    async def ListAccountSnapshots(
+        self, request: accounts_pb2.ListAccountSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.ListAccountSnapshotsResponse:
+        if not 0 <= request.limit <= MAX_HISTORY_POINTS:
+            raise InvalidArgument(f"limit must be between 0 and {MAX_HISTORY_POINTS}")
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        if since and until and since >= until:
+            raise InvalidArgument("since must be before until")
+        if request.max_points < 0:
+            raise InvalidArgument("max_points must not be negative")
+        bucket_seconds = 0
+        if request.max_points:
+            if since is None:
+                raise InvalidArgument("max_points needs since: the span to divide")
+            span = ((until or datetime.now(UTC)) - since).total_seconds()
+            # Whole minutes: history has at most one point a minute.
+            bucket_seconds = max(1, math.ceil(span / request.max_points / 60)) * 60
+        points = await self._accounts.snapshot_history(
+            wire.login(request.login),
+            wire.server(request.server),
+            since=since,
+            until=until,
+            limit=request.limit or DEFAULT_HISTORY_POINTS,
+            bucket_seconds=bucket_seconds,
+        )
+        return accounts_pb2.ListAccountSnapshotsResponse(
+            points=[wire.history_point(point) for point in points]
+        )

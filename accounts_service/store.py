@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Row, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from accounts_service import rules
-from accounts_service.tables import accounts, users
+from accounts_service.tables import accounts, snapshot_history, users
 from paylayer import unit_of_work
 
 # The column name of each identity a user can be found by.
@@ -247,7 +249,67 @@ class AccountsStore:
                 .returning(*accounts.c)
             )
         ).one()
+        # In the same transaction: the chart never shows a point the account never had.
+        await self._connection.execute(
+            pg_insert(snapshot_history)
+            .values(
+                login=row.login,
+                server_key=row.server_key,
+                minute=rules.history_minute(snapshot.time),
+                time=snapshot.time,
+                balance=snapshot.balance,
+                equity=snapshot.equity,
+                drawdown=drawdown.drawdown,
+            )
+            .on_conflict_do_nothing()
+        )
         return _account(row)
+
+    async def snapshot_history(
+        self,
+        login: int,
+        server: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        bucket_seconds: int = 0,
+    ) -> Sequence[rules.HistoryPoint]:
+        """The newest `limit` points in [since, until), oldest first. With `bucket_seconds`,
+        one point per stretch of that many seconds: the one with the deepest drawdown, so a
+        chart of months stays small without hiding a dip."""
+        columns = (
+            snapshot_history.c.time,
+            snapshot_history.c.balance,
+            snapshot_history.c.equity,
+            snapshot_history.c.drawdown,
+        )
+        query = select(*columns).where(
+            snapshot_history.c.login == login,
+            snapshot_history.c.server_key == rules.server_key(server),
+        )
+        if since is not None:
+            query = query.where(snapshot_history.c.minute >= rules.history_minute(since))
+        if until is not None:
+            query = query.where(snapshot_history.c.time < until)
+        if bucket_seconds > 0:
+            bucket = func.floor(func.extract("epoch", snapshot_history.c.minute) / bucket_seconds)
+            query = query.ext(distinct_on(bucket)).order_by(
+                bucket.desc(), snapshot_history.c.drawdown.desc(), snapshot_history.c.minute
+            )
+        else:
+            query = query.order_by(snapshot_history.c.minute.desc())
+        rows = (await self._connection.execute(query.limit(limit))).all()
+        return [
+            rules.HistoryPoint(time=row[0], balance=row[1], equity=row[2], drawdown=row[3])
+            for row in reversed(rows)
+        ]
+
+    async def forget_old_history(self, older_than: timedelta) -> int:
+        result = await self._connection.execute(
+            snapshot_history.delete().where(snapshot_history.c.minute < func.now() - older_than)
+        )
+        return result.rowcount or 0
 
     async def older_links(self, account: rules.LinkedAccount) -> int:
         """How many of the owner's links are older than this one (to tell if it is suspended)."""

@@ -71,3 +71,25 @@ accounts = Table(
     CheckConstraint("account_type IN ('demo', 'real', 'contest')", name="ck_accounts_account_type"),
     Index("ix_accounts_user_id_linked_at", "user_id", "linked_at"),
 )
+
+# The chart of an account: at most one point a minute (the first applied snapshot of that
+# minute), kept SNAPSHOT_HISTORY_DAYS. Unlinking an account forgets its history with it.
+snapshot_history = Table(
+    "snapshot_history",
+    metadata,
+    Column("login", BigInteger, nullable=False),
+    Column("server_key", Text, nullable=False),
+    Column("minute", DateTime(timezone=True), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("balance", Double, nullable=False),
+    Column("equity", Double, nullable=False),
+    Column("drawdown", Double, nullable=False),
+    PrimaryKeyConstraint("login", "server_key", "minute", name="pk_snapshot_history"),
+    ForeignKeyConstraint(
+        ["login", "server_key"],
+        ["accounts.accounts.login", "accounts.accounts.server_key"],
+        name="fk_snapshot_history_account",
+        ondelete="CASCADE",
+    ),
+    Index("ix_snapshot_history_minute", "minute"),
+)

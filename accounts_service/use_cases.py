@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import cast
 
 from accounts_service import rules
@@ -247,6 +248,29 @@ class Accounts:
             view = await self._view(uow, updated, cap)
             await uow.commit()
             return view, True
+
+    async def snapshot_history(
+        self,
+        login: int,
+        server: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        bucket_seconds: int,
+    ) -> Sequence[rules.HistoryPoint]:
+        async with self._begin(single_statement=True) as uow:
+            if await uow.accounts.account(login, server) is None:
+                raise NotFound(f"MT5 account {login}@{server} is not linked")
+            return await uow.accounts.snapshot_history(
+                login, server, since=since, until=until, limit=limit, bucket_seconds=bucket_seconds
+            )
+
+    async def forget_old_history(self, older_than: timedelta) -> int:
+        async with self._begin() as uow:
+            forgotten = await uow.accounts.forget_old_history(older_than)
+            await uow.commit()
+        return forgotten
 
     async def _view(self, uow: UnitOfWork, account: rules.LinkedAccount, cap: int) -> AccountView:
         return AccountView(

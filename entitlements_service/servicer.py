@@ -17,6 +17,7 @@ from paylayer.errors import DomainError, InvalidArgument
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 MAX_BATCH = 500
+MAX_AUDIT_ROWS = 1000
 
 
 class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
@@ -118,3 +119,12 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
                 yield await subscription.next()
         finally:
             self._feed.unsubscribe(subscription)
+
+    async def ListAudit(
+        self, request: entitlements_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> entitlements_pb2.ListAuditResponse:
+        user_id = validation.text("user_id", request.user_id, required=True)
+        if not 0 <= request.limit <= MAX_AUDIT_ROWS:
+            raise InvalidArgument(f"limit must be between 0 and {MAX_AUDIT_ROWS}")
+        rows = await self._entitlements.audit_of_user(user_id, request.limit or 100)
+        return entitlements_pb2.ListAuditResponse(entries=[wire.audit_entry(row) for row in rows])

@@ -83,6 +83,17 @@ class EntitlementStore:
         self._connection = connection
 
     @_unavailable_when_unreachable
+    async def audit_of_user(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        """A user's audit rows, newest first."""
+        query = (
+            select(audit)
+            .where(audit.c.user_id == user_id)
+            .order_by(audit.c.audit_id.desc())
+            .limit(limit)
+        )
+        return [dict(row._mapping) for row in await self._connection.execute(query)]
+
+    @_unavailable_when_unreachable
     async def grant(self, new: Grant, *, on_behalf_of: str = "") -> tuple[Grant, bool]:
         """Record `new` unless its source is known. Returns the grant that stands, and created.
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from entitlements_service import rules
 from entitlements_service.cache import CheckCache
@@ -63,6 +64,10 @@ class Entitlements:
             grants = await uow.grants.grants_of_user(user_id, include_revoked=include_revoked)
         answers, listed = rules.list_answers(grants, self._granting_tiers, self._clock())
         return Holdings(answers=answers, grants=listed)
+
+    async def audit_of_user(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        async with self._begin() as uow:
+            return await uow.grants.audit_of_user(user_id, limit)
 
     async def grant(self, order: GrantOrder, caller: str) -> Granted:
         new = self._new_grant(order, caller)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -141,3 +143,17 @@ def change_notice(change: entitlements_pb2.EntitlementChange) -> str:
 
 def parse_change_notice(payload: str) -> entitlements_pb2.EntitlementChange:
     return entitlements_pb2.EntitlementChange.FromString(base64.b64decode(payload))
+
+
+def audit_entry(row: Mapping[str, Any]) -> entitlements_pb2.AuditEntry:
+    return entitlements_pb2.AuditEntry(
+        occurred_at=to_proto_time(row["occurred_at"]),
+        action=row["action"],
+        source=entitlements_pb2.Source(provider=row["provider"], reference=row["reference"]),
+        grant_id=str(row["grant_id"]),
+        entitlement=row["entitlement"] or "",
+        event_id=row["event_id"],
+        reason=row["reason"],
+        actor=row["actor"],
+        on_behalf_of=str((row["details"] or {}).get("on_behalf_of", "")),
+    )

@@ -28,7 +28,7 @@ def _methods(service: str, *names: str) -> frozenset[str]:
 # What the reader may: look, never change. ResolveUser is here without `create` (see below).
 _READ = (
     _methods(ENTITLEMENTS, "CheckEntitlement", "ListEntitlements", "WatchEntitlements")
-    | _methods(ACCOUNTS, "ResolveUser", "GetAccount", "ListAccounts")
+    | _methods(ACCOUNTS, "ResolveUser", "GetAccount", "ListAccounts", "ListAccountSnapshots")
     | _methods(PAYMENTS, "ListEvents", "ListPayments")
 )
 

@@ -21,6 +21,7 @@ DEFAULT_ADDRS = {
     "payments": "127.0.0.1:50051",
     "entitlements": "127.0.0.1:50052",
     "accounts": "127.0.0.1:50053",
+    "console": "127.0.0.1:8081",
 }
 
 
@@ -31,6 +32,7 @@ DEFAULT_METRICS_ADDRS = {
     "payments": "127.0.0.1:9051",
     "entitlements": "127.0.0.1:9052",
     "accounts": "127.0.0.1:9053",
+    "console": "127.0.0.1:9054",  # unused: the console serves no metrics yet
 }
 
 
@@ -189,6 +191,17 @@ class Settings:
         60.0,
         "how long a claimed message is held before its send counts as unknown",
     )
+    snapshot_history_days: int = _setting(
+        "SNAPSHOT_HISTORY_DAYS", 90, "accounts' snapshot history (a point a minute) kept (0: ever)"
+    )
+    console_addr: str = _setting(
+        "CONSOLE_ADDR", DEFAULT_ADDRS["console"], "the operator console; never a public address"
+    )
+    console_session_key: str = _setting(
+        "CONSOLE_SESSION_KEY",
+        "",
+        "encrypts console sessions; replicas share it; unset: made at start",
+    )
     trigger_disabled: bool = _setting(
         "PAYLAYER_TRIGGER_DISABLED", False, "set (the production image): `paylayer trigger` refuses"
     )
@@ -234,6 +247,9 @@ class Settings:
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),
             payments_outbox_lease_seconds=_seconds(env, "PAYMENTS_OUTBOX_LEASE_SECONDS", 60.0),
+            snapshot_history_days=_whole_number(env, "SNAPSHOT_HISTORY_DAYS", 90),
+            console_addr=env.get("CONSOLE_ADDR", "").strip() or DEFAULT_ADDRS["console"],
+            console_session_key=env.get("CONSOLE_SESSION_KEY", ""),
             trigger_disabled=bool(env.get("PAYLAYER_TRIGGER_DISABLED", "").strip()),
             otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         )
@@ -272,6 +288,7 @@ class Settings:
             self.telegram_webhook_secret,
             self.telegram_bot_token,
             self.bot_updates_secret,
+            self.console_session_key,
             self.internal_token,
             *caller_token_values(self.caller_tokens),
             *database_passwords(self.database_url),

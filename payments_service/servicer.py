@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import grpc
 
@@ -15,6 +16,7 @@ from payments_service import outbox, telegram_updates, wire
 from payments_service.bot_api import BotApi
 from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
+from payments_service.overview import overview
 from payments_service.processor import Processor
 from payments_service.reconcile import reconcile_telegram
 from payments_service.refunds import Refunds
@@ -38,6 +40,14 @@ _provider = validation.provider
 _page_size = wire.page_size
 _page_token = wire.page_token
 _since = wire.since
+MAX_OVERVIEW_HOURS = 168
+MAX_OVERVIEW_DAYS = 366
+
+
+def _replayed_by(requested_by: str) -> str:
+    """The caller's name from its credential, and the person it names beside it, never instead."""
+    person = _text("requested_by", requested_by.strip())
+    return f"{caller_var.get()} for {person}" if person else caller_var.get()
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -148,6 +158,8 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             provider=_provider(request.provider),
             limit=limit,
             before_id=_page_token(request.page_token),
+            received_since=_since(request.received_since, required=False),
+            received_before=_since(request.received_before, required=False),
         )
         return payments_pb2.ListEventsResponse(
             events=[event_message(e) for e in events],
@@ -160,7 +172,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         _provider(request.provider, required=True)
         _text("event_id", request.event_id, required=True)
         replayed = await self.store.replay(
-            request.provider, request.event_id, replayed_by=caller_var.get()
+            request.provider, request.event_id, replayed_by=_replayed_by(request.requested_by)
         )
         if replayed is None:
             existing = await self.store.get_event(request.provider, request.event_id)
@@ -182,6 +194,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             provider=_provider(request.provider),
             limit=limit,
             before_seq=_page_token(request.page_token),
+            payment_key=_text("payment_key", request.payment_key),
         )
         return payments_pb2.ListPaymentsResponse(
             payments=[payment_message(row) for row in rows],
@@ -202,6 +215,14 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     async def RefundPayment(
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.RefundPaymentResponse:
+        log.info(
+            "refund of %s:%s asked by %s%s: %s",
+            _provider(request.provider, required=True),
+            _text("payment_key", request.payment_key, required=True),
+            caller_var.get(),
+            f" ({_text('requested_by', request.requested_by)})" if request.requested_by else "",
+            validation.free_text("reason", request.reason) or "no reason given",
+        )
         payment = await Refunds(self.store, self.processor, self.bot, lambda: self.checkout).refund(
             _provider(request.provider, required=True),
             _text("payment_key", request.payment_key, required=True),
@@ -306,7 +327,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             event_type=_text("event_type", request.event_type),
             provider=_provider(request.provider),
             since=_since(request.since, required=False),
-            replayed_by=caller_var.get(),
+            replayed_by=_replayed_by(request.requested_by),
         )
         if replayed:
             self.processor.kick()
@@ -348,3 +369,50 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             )
         log.info("message %d put back to be sent by %s", row["id"], caller_var.get())
         return payments_pb2.RetryMessageResponse(message=outbox_message(row))
+
+    async def GetEvent(
+        self, request: payments_pb2.GetEventRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetEventResponse:
+        provider = _provider(request.provider, required=True)
+        event_id = _text("event_id", request.event_id, required=True)
+        event = await self.store.get_event(provider, event_id)
+        if event is None:
+            raise NotFound(f"no event {provider}:{request.event_id}")
+        return payments_pb2.GetEventResponse(
+            event=event_message(event), payload=event.payload, replayed_by=event.replayed_by or ""
+        )
+
+    async def GetOverview(
+        self, request: payments_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetOverviewResponse:
+        if not 0 <= request.hours <= MAX_OVERVIEW_HOURS:
+            raise InvalidArgument(f"hours must be between 0 and {MAX_OVERVIEW_HOURS}")
+        if not 0 <= request.days <= MAX_OVERVIEW_DAYS:
+            raise InvalidArgument(f"days must be between 0 and {MAX_OVERVIEW_DAYS}")
+        figures = await overview(
+            self.store.engine,
+            now=datetime.now(UTC),
+            hours=request.hours or 24,
+            days=request.days or 30,
+        )
+        return payments_pb2.GetOverviewResponse(
+            events_per_hour=[
+                payments_pb2.HourlyEventCount(
+                    hour=wire.to_proto_time(hour), status=wire.STATUS_NAMES[status], count=count
+                )
+                for hour, status, count in figures.events_per_hour
+            ],
+            failed_events=figures.failed_events,
+            pending_events=figures.pending_events,
+            oldest_pending_received_at=wire.to_proto_time(figures.oldest_pending_received_at),
+            revenue_per_day=[
+                payments_pb2.DailyRevenue(
+                    day=wire.to_proto_time(day),
+                    provider=provider,
+                    currency=currency,
+                    amount=amount,
+                    payments=count,
+                )
+                for day, provider, currency, amount, count in figures.revenue_per_day
+            ],
+        )

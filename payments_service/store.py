@@ -403,9 +403,21 @@ class Store:
         return int(result.rowcount or 0)
 
     async def list_events(
-        self, *, status: str, event_type: str, provider: str, limit: int, before_id: int | None
+        self,
+        *,
+        status: str,
+        event_type: str,
+        provider: str,
+        limit: int,
+        before_id: int | None,
+        received_since: datetime | None = None,
+        received_before: datetime | None = None,
     ) -> list[Event]:
         query = select(inbox).order_by(inbox.c.id.desc()).limit(limit)
+        if received_since is not None:
+            query = query.where(inbox.c.received_at >= received_since)
+        if received_before is not None:
+            query = query.where(inbox.c.received_at < received_before)
         if status:
             query = query.where(inbox.c.status == status)
         if event_type:
@@ -452,10 +464,18 @@ class Store:
             return _event(row) if row is not None else None
 
     async def list_payments(
-        self, *, user_id: str, provider: str, limit: int, before_seq: int | None
+        self,
+        *,
+        user_id: str,
+        provider: str,
+        limit: int,
+        before_seq: int | None,
+        payment_key: str = "",
     ) -> list[dict[str, Any]]:
         """Newest first; keyset paging (`before_seq`), so page 1,000 costs what page 1 does."""
         query = select(payments).order_by(payments.c.seq.desc()).limit(limit)
+        if payment_key:
+            query = query.where(payments.c.payment_key == payment_key)
         if before_seq is not None:
             query = query.where(payments.c.seq < before_seq)
         if user_id:

@@ -61,6 +61,8 @@ Index(
 Index("inbox_status_type_idx", inbox.c.status, inbox.c.event_type, inbox.c.id)
 Index("inbox_failed_idx", inbox.c.id, postgresql_where=text("status = 'failed'"))
 Index("inbox_payment_key_idx", inbox.c.provider, inbox.c.payment_key)
+# The console's outcomes per hour and its date filter read a range of received times.
+Index("inbox_received_at_idx", inbox.c.received_at)
 # Old processed and ignored events leave the inbox after INBOX_RETENTION_DAYS.
 Index(
     "inbox_done_idx",

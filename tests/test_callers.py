@@ -88,6 +88,10 @@ def _get_account() -> accounts_pb2.GetAccountRequest:
     return accounts_pb2.GetAccountRequest(login=1, server="Roles-Demo")
 
 
+def _snapshot_history() -> accounts_pb2.ListAccountSnapshotsRequest:
+    return accounts_pb2.ListAccountSnapshotsRequest(login=1, server="Roles-Demo")
+
+
 def _list_events() -> payments_pb2.ListEventsRequest:
     return payments_pb2.ListEventsRequest(page_size=1)
 
@@ -124,6 +128,7 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
     "mt5": [(ACCOUNTS + "ReportAccountSnapshot", _snapshot)],
     "reader": [
         (ACCOUNTS + "GetAccount", _get_account),
+        (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
         (ENTITLEMENTS + "CheckEntitlement", _check),
         (PAYMENTS + "ListEvents", _list_events),
     ],
@@ -132,6 +137,7 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
         (ENTITLEMENTS + "GrantEntitlement", lambda: _manual_grant(str(uuid.uuid4()))),
         (PAYMENTS + "ReplayEvent", _replay),
         (PAYMENTS + "ListMessages", lambda: payments_pb2.ListMessagesRequest(page_size=1)),
+        (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
     ],
 }
 REFUSED: dict[str, list[tuple[str, Any]]] = {
@@ -161,6 +167,7 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
     ],
     "mt5": [
         (ACCOUNTS + "GetAccount", _get_account),
+        (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
         (ENTITLEMENTS + "CheckEntitlement", _check),
         (PAYMENTS + "ListEvents", _list_events),
     ],

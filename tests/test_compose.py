@@ -16,6 +16,8 @@ from paylayer.ops.services import MIGRATED, MODULES
 from paylayer.settings import DEFAULT_ADDRS, REPO_ROOT, Settings
 
 APP_SERVICES = tuple(MODULES)
+# Published ports: the gateway's to the world, the console's to the host's loopback only.
+PUBLISHED = {"gateway": ["8080:8080"], "console": ["127.0.0.1:8081:8081"]}
 
 
 @pytest.fixture(scope="module")
@@ -88,26 +90,29 @@ def test_ports_and_addresses_agree_with_the_code(compose: dict[str, Any], name: 
     port = _port(DEFAULT_ADDRS[name])
     assert _port(env["LISTEN_ADDR"]) == port
     # Closed by default: only the gateway's webhook port leaves the compose network.
-    assert service.get("ports", []) == ([f"{port}:{port}"] if name == "gateway" else [])
+    assert service.get("ports", []) == PUBLISHED.get(name, [])
     for other in ("payments", "entitlements", "accounts"):
         assert env[f"{other.upper()}_ADDR"] == f"{other}:{_port(DEFAULT_ADDRS[other])}"
     unknown = set(env) - _settings_read_from_env()
     assert not unknown, f"compose sets variables the code never reads: {unknown}"
-    if name != "gateway":
+    if name not in ("gateway", "console"):
         # The service's own DML-only role; its owner role only migrates.
         assert env["DATABASE_URL"].startswith(f"postgresql://{name}_app:")
         assert int(env["DATABASE_POOL_SIZE"]) > 0
-    # Each process presents its own caller token; entitlements calls no one and holds none.
+    # Each process presents its own caller token; entitlements calls no one and holds none,
+    # the console calls with the token its operator signed in with.
     token = env.get("INTERNAL_TOKEN")
-    if name == "entitlements":
+    if name in ("entitlements", "console"):
         assert token is None
     else:
         assert token == f"${{{name.upper()}_TOKEN:?set {name.upper()}_TOKEN}}"
 
 
-def test_the_published_ports_are_the_gateways_alone(compose: dict[str, Any]) -> None:
+def test_the_published_ports_are_the_gateways_and_the_consoles_on_loopback(
+    compose: dict[str, Any],
+) -> None:
     published = {n: s["ports"] for n, s in compose["services"].items() if s.get("ports")}
-    assert published == {"gateway": ["8080:8080"]}
+    assert published == PUBLISHED
 
 
 def test_compose_pools_fit_in_postgres_connections(compose: dict[str, Any]) -> None:

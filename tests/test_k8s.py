@@ -25,12 +25,18 @@ from paylayer.settings import DEFAULT_ADDRS, DEFAULT_CATALOGUE_PATH, REPO_ROOT, 
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
 PROCESSES = tuple(MODULES)
+HTTP_PROCESSES = tuple(name for name in MODULES if name not in GRPC_SERVICES)
 # The oldest Kubernetes the manifests promise to work on, and the newest the package knows.
 KUBERNETES_VERSIONS = ("1.30.0", f"{kubernetes_validate.latest_version()}.0")
-# Read outside paylayer/settings.py: by the CLI, the metrics server and payments' processor.
-METRICS_PORTS = {"gateway": 9050, "payments": 9051, "entitlements": 9052, "accounts": 9053}
+METRICS_PORTS = {
+    "gateway": 9050,
+    "payments": 9051,
+    "entitlements": 9052,
+    "accounts": 9053,
+    "console": 9054,
+}
 # The processes that load the catalogue (the gateway never does).
-CATALOGUE_READERS = GRPC_SERVICES
+CATALOGUE_READERS = (*GRPC_SERVICES, "console")
 SCALED_ON_CPU = {"gateway", "entitlements"}
 
 
@@ -110,8 +116,8 @@ def _settings_read_from_env() -> set[str]:
 
 def _required_settings(name: str) -> set[str]:
     """What the process refuses to start without, as its own code says."""
-    if name == "gateway":
-        source = (REPO_ROOT / "gateway" / "__main__.py").read_text()
+    if name in HTTP_PROCESSES:
+        source = (REPO_ROOT / name / "__main__.py").read_text()
         call = re.search(r"\.require\(([^)]*)\)", source)
         assert call is not None
         return set(re.findall(r'"([A-Z_]+)"', call.group(1)))
@@ -245,11 +251,12 @@ def test_grpc_services_are_probed_on_grpc_health_at_their_port(
         assert container[probe]["grpc"]["port"] == port, probe
 
 
-def test_the_gateway_is_probed_on_healthz_and_readyz(
-    deployments: dict[str, dict[str, Any]],
+@pytest.mark.parametrize("name", HTTP_PROCESSES)
+def test_http_processes_are_probed_on_healthz_and_readyz(
+    deployments: dict[str, dict[str, Any]], name: str
 ) -> None:
-    container = _container(deployments["gateway"])
-    port = _port(DEFAULT_ADDRS["gateway"])
+    container = _container(deployments[name])
+    port = _port(DEFAULT_ADDRS[name])
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
 

@@ -150,6 +150,8 @@ def _print_banner(
     print(f"  payments      {config.payments_addr}")
     print(f"  entitlements  {config.entitlements_addr}")
     print(f"  accounts      {config.accounts_addr}")
+    consoles = ", ".join(f"http://{addr}" for addr in config.console_addr.split(","))
+    print(f"  console       {consoles}  (sign in with the operator token below)")
     if generated:
         print(f"\nDevelopment secrets (generated, kept in {DEV_DIR / 'dev.env'}):")
         for name, value in generated.items():

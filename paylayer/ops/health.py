@@ -1,4 +1,4 @@
-"""Is the stack up: every gRPC service's health and every gateway's /readyz."""
+"""Is the stack up: every gRPC service's health, every gateway's and the console's /readyz."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ async def check_all(
         "entitlements": lambda: _every(grpc_status, config.entitlements_addr),
         "payments": lambda: _every(grpc_status, config.payments_addr),
         "gateway": lambda: _every(_http_status, gateway_addr),
+        "console": lambda: _every(_http_status, config.console_addr),
     }
     names = only or list(probes)
     statuses = await asyncio.gather(*(probes[name]() for name in names))

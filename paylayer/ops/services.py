@@ -13,12 +13,13 @@ class Service:
     grpc: bool
 
 
-# In start order; stopped in the reverse, so the gateway goes first.
+# In start order; stopped in the reverse, so the console and then the gateway go first.
 SERVICES = (
     Service("accounts", "accounts_service", grpc=True),
     Service("entitlements", "entitlements_service", grpc=True),
     Service("payments", "payments_service", grpc=True),
     Service("gateway", "gateway", grpc=False),
+    Service("console", "console", grpc=False),  # the operator console, after what it reads
 )
 MODULES = {service.name: service.module for service in SERVICES}
 GRPC_SERVICES = tuple(service.name for service in SERVICES if service.grpc)

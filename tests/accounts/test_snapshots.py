@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.accounts.conftest import START, account_request, mt5_login, new_user, report
@@ -144,3 +145,96 @@ async def test_impossible_snapshots_are_invalid_arguments_and_change_nothing(
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     account = await get(accounts, login, server)
     assert account.equity == 1000.0
+
+
+async def history(accounts: Stub, login: int, server: str, **kwargs: object) -> list[tuple]:
+    response = await accounts.ListAccountSnapshots(
+        accounts_pb2.ListAccountSnapshotsRequest(login=login, server=server, **kwargs)  # type: ignore[arg-type]
+    )
+    return [
+        (p.time.ToDatetime(tzinfo=UTC), p.equity, round(p.drawdown, 6)) for p in response.points
+    ]
+
+
+async def test_history_keeps_one_point_a_minute_the_first_of_it(accounts: Stub) -> None:
+    login, server = await linked_account(accounts)
+    minute = START.replace(second=0, microsecond=0)
+    for offset_seconds, equity in [(1, 1000.0), (20, 900.0), (59, 800.0), (61, 500.0)]:
+        await accounts.ReportAccountSnapshot(
+            report(login, server, minute + timedelta(seconds=offset_seconds), equity)
+        )
+
+    points = await history(accounts, login, server.upper())
+
+    # The latest snapshot is the newest; the chart has the first of each minute.
+    assert points == [
+        (minute + timedelta(seconds=1), 1000.0, 0.0),
+        (minute + timedelta(seconds=61), 500.0, 0.5),
+    ]
+    assert (await get(accounts, login, server)).equity == 500.0
+
+
+async def test_history_between_times_gives_the_newest_points_oldest_first(accounts: Stub) -> None:
+    login, server = await linked_account(accounts)
+    for minute in range(10):
+        await accounts.ReportAccountSnapshot(
+            report(login, server, START + timedelta(minutes=minute), 1000.0 + minute)
+        )
+    since, until = Timestamp(), Timestamp()
+    since.FromDatetime(START + timedelta(minutes=2))
+    until.FromDatetime(START + timedelta(minutes=8))
+
+    points = await history(accounts, login, server, since=since, until=until, limit=3)
+
+    assert [equity for _, equity, _ in points] == [1005.0, 1006.0, 1007.0]
+
+
+async def test_stale_snapshots_add_no_history_and_unlinking_forgets_it(accounts: Stub) -> None:
+    user_id = await new_user(accounts)
+    linked = await accounts.LinkAccount(account_request(user_id))
+    login, server = linked.account.login, linked.account.server
+    await accounts.ReportAccountSnapshot(report(login, server, START + timedelta(minutes=5), 1000))
+    await accounts.ReportAccountSnapshot(report(login, server, START, 10.0))
+    assert [equity for _, equity, _ in await history(accounts, login, server)] == [1000.0]
+
+    await accounts.UnlinkAccount(
+        accounts_pb2.UnlinkAccountRequest(user_id=user_id, login=login, server=server)
+    )
+    await accounts.LinkAccount(account_request(user_id, login=login, server=server))
+    assert await history(accounts, login, server) == []
+
+
+async def test_history_of_an_unlinked_account_or_bad_range_is_refused(accounts: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await history(accounts, mt5_login(), "Nowhere")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    login, server = await linked_account(accounts)
+    with pytest.raises(grpc.aio.AioRpcError) as too_many:
+        await history(accounts, login, server, limit=10_001)
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_history_thinned_to_max_points_keeps_each_stretchs_deepest_drawdown(
+    accounts: Stub,
+) -> None:
+    login, server = await linked_account(accounts)
+    start = START.replace(second=0, microsecond=0) - timedelta(hours=1)
+    for minute in range(60):
+        # A steady climb with one sharp dip at minute 37.
+        equity = 500.0 if minute == 37 else 1000.0 + minute
+        await accounts.ReportAccountSnapshot(
+            report(login, server, start + timedelta(minutes=minute), equity)
+        )
+    since = Timestamp()
+    since.FromDatetime(start)
+    until = Timestamp()
+    until.FromDatetime(start + timedelta(minutes=60))
+
+    points = await history(accounts, login, server, since=since, until=until, max_points=6)
+
+    assert 6 <= len(points) <= 7
+    assert [time for time, _, _ in points] == sorted(time for time, _, _ in points)
+    assert (start + timedelta(minutes=37), 500.0, round(1 - 500 / 1036, 6)) in points
+    with pytest.raises(grpc.aio.AioRpcError) as no_span:
+        await history(accounts, login, server, max_points=6)
+    assert no_span.value.code() == grpc.StatusCode.INVALID_ARGUMENT
