@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.ops.factories import sign_stripe, stripe_event, telegram_update
+from paylayer.ops.services import MODULES
 from payments_service import telegram_updates
 from tests.conftest import fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.faults.load import Load, assert_each_took_effect_once, settle
 from tests.payments.helpers import new_buyer, wait_settled
-from tests.stack import SERVICE_MODULES, Stack
+from tests.stack import Stack
 from tests.test_metrics import scrape
 
 
@@ -58,7 +59,7 @@ async def handled_by(stack: Stack, instance: str) -> float:
 async def test_load_through_two_replicas_of_each_service_takes_effect_exactly_once(
     replicated: Stack, replicas_engine: AsyncEngine
 ) -> None:
-    assert len(replicated.processes) == 2 * len(SERVICE_MODULES)  # the console too
+    assert len(replicated.processes) == 2 * len(MODULES)  # the console too
     assert replicated.addrs["payments"].count(",") == 1  # clients see both replicas
     load = Load(replicated, rate_per_second=25)
     sending = asyncio.create_task(load.run())

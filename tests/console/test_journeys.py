@@ -14,8 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import stripe_event, telegram_update
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event, telegram_update
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.conftest import CALLER_TOKENS

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
-from paylayer.cli.trigger import stripe_event
 from paylayer.grpc_client import open_channel
+from paylayer.ops.factories import stripe_event
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.conftest import CALLER_TOKENS
 from tests.payments.helpers import new_buyer, post_stripe, wait_settled
