@@ -29,9 +29,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
 from paylayer.grpc_client import open_channel
+from paylayer.ops.stack import Stack
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
-from tests.stack import Stack
 
 
 async def seed(database_url: str, events: int, payments: int) -> dict[str, Any]:
