@@ -42,6 +42,7 @@ INBOX_PAGE = 50
 CHART_DAYS = 7
 CHART_POINTS = 1200  # about one per pixel of a wide chart
 MAX_REASON = 500
+MESSAGES_SHOWN = 50
 
 
 def when(stamp: Timestamp) -> datetime | None:
@@ -495,6 +496,9 @@ async def user_page(request: web.Request) -> web.Response:
         entitlements_pb2.ListAuditRequest(user_id=user_id, limit=100)
     )
     accounts = await stubs.accounts.ListAccounts(accounts_pb2.ListAccountsRequest(user_id=user_id))
+    told = await stubs.payments.ListMessages(
+        payments_pb2.ListMessagesRequest(user_id=user_id, page_size=MESSAGES_SHOWN)
+    )
     charts = []
     for account in accounts.accounts:
         history = await stubs.accounts.ListAccountSnapshots(
@@ -564,6 +568,17 @@ async def user_page(request: web.Request) -> web.Response:
             "now_left": round(min(max(now_left, 0), 100), 3),
             "accounts": charts,
             "cap": accounts.cap,
+            "messages": [
+                {
+                    "kind": message.kind,
+                    "status": message.status,
+                    "error": message.error,
+                    "created_at": when(message.created_at),
+                    "sent_at": when(message.sent_at),
+                    "due_at": when(message.due_at),
+                }
+                for message in told.messages
+            ],
             "tiers": sorted(request.app[CATALOGUE_KEY].max_accounts_by_tier),
             # Names the manual grant's source: a form submitted twice is granted once.
             "nonce": secrets.token_hex(12),

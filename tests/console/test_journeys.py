@@ -135,6 +135,9 @@ async def test_find_a_user_by_telegram_id_and_see_stacked_grants_explain_and_aud
     # Two grants end to end in one lane, and explain names both.
     assert await page.locator("svg.lane rect.bar").count() == 2
     assert await page.locator("[data-entitlement=premium] ul.because li").count() == 2
+    # Each payment wrote its receipt to the outbox with the grant: the page lists both.
+    receipts = page.locator("#messages tbody tr", has_text="receipt")
+    assert await receipts.count() == 2
 
     await page.select_option("form.grant select[name=entitlement]", "vip")
     await page.fill("form.grant input[name=days]", "7")
