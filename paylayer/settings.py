@@ -70,6 +70,19 @@ def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value[:20]!r}") from None
+    if not 0 < seconds <= 86_400:
+        raise ConfigError(f"{name} must be more than 0 and at most a day")
+    return seconds
+
+
 def _stripe_livemode(env: Mapping[str, str]) -> bool:
     """`STRIPE_LIVEMODE`, else live exactly when the API key is a live one."""
     given = env.get("STRIPE_LIVEMODE", "").strip().lower()
@@ -119,6 +132,8 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     # Processed and ignored events older than this leave the inbox (0: kept for ever).
     inbox_retention_days: int = 90
+    # Seconds between two passes of the channel reconcile (members vs who is entitled).
+    channels_reconcile_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,6 +169,7 @@ class Settings:
             database_pool_size=_count("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "0")),
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
+            channels_reconcile_seconds=_seconds(env, "CHANNELS_RECONCILE_SECONDS", 30.0),
         )
 
     def require(self, *names: str) -> None:

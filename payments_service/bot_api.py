@@ -15,9 +15,14 @@ SUBSCRIPTION_PERIOD_SECONDS = 30 * 24 * 3600
 
 
 class BotApiError(Exception):
-    def __init__(self, method: str, description: str) -> None:
+    def __init__(
+        self, method: str, description: str, error_code: int = 0, retry_after: float = 0.0
+    ) -> None:
         super().__init__(f"{method}: {description}")
         self.description = description
+        self.error_code = error_code
+        # Set on a 429: seconds Telegram asks us to wait before the next call.
+        self.retry_after = retry_after
 
 
 class BotApi:
@@ -40,8 +45,16 @@ class BotApi:
             # Never include the URL: it carries the bot token.
             raise Unavailable(f"Telegram {method} unreachable: {type(error).__name__}") from None
         if not isinstance(body, dict) or not body.get("ok"):
-            description = body.get("description", "") if isinstance(body, dict) else ""
-            raise BotApiError(method, str(description))
+            body = body if isinstance(body, dict) else {}
+            code = body.get("error_code")
+            parameters = body.get("parameters")
+            wait = parameters.get("retry_after") if isinstance(parameters, dict) else None
+            raise BotApiError(
+                method,
+                str(body.get("description", "")),
+                code if isinstance(code, int) else 0,
+                float(wait) if isinstance(wait, int | float) and 0 < wait < 3600 else 0.0,
+            )
         return body.get("result")
 
     async def create_invoice_link(self, sku: Sku, user_id: str) -> tuple[str, str]:

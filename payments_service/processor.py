@@ -40,8 +40,10 @@ from sqlalchemy.exc import DBAPIError
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
 from payments_service import stripe_events, subscription_effects, telegram_updates
+from payments_service.channels import ChannelAccess
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
+    ChannelUpdate,
     Grant,
     Ignore,
     Intent,
@@ -162,6 +164,8 @@ class Processor:
         self._batch_size = batch_size
         self._worker_id = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
+        # Channel access (payments_service/channels.py), when the catalogue lists chats.
+        self.channels: ChannelAccess | None = None
 
     def kick(self) -> None:
         """A new event is in the inbox: wake a worker now rather than at its next poll."""
@@ -416,6 +420,10 @@ class Processor:
                     self.store, self.downstream, connection, intent, event_ref
                 )
             return _Done(None)
+        if isinstance(intent, ChannelUpdate):
+            if self.channels is None or not self.channels.enabled:
+                return _Done(None, "the catalogue lists no chats")
+            return _Done(None, await self.channels.handle_update(intent.kind, intent.update))
         if isinstance(intent, SubscriptionState):
             async with self.store.transaction() as connection:
                 await self.store.set_subscription_state(

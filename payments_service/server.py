@@ -11,6 +11,8 @@ from paylayer.grpc_server import GrpcService
 from paylayer.settings import Settings
 from paylayer.tls import GrpcTls
 from payments_service.bot_api import BotApi
+from payments_service.channel_store import ChannelStore
+from payments_service.channels import ChannelAccess
 from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
 from payments_service.metrics import watch_inbox
@@ -44,6 +46,15 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         stripe_livemode=settings.stripe_livemode,
         database_url=settings.database_url,
     )
+    channels = ChannelAccess(
+        ChannelStore(engine),
+        bot,
+        catalogue,
+        accounts,
+        entitlements,
+        interval_seconds=settings.channels_reconcile_seconds,
+    )
+    processor.channels = channels
     stripe_api = StripeApi(settings.stripe_api_key, settings.stripe_api_base)
     checkout = Checkout(
         store=store,
@@ -55,7 +66,7 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
         success_url=settings.checkout_success_url,
         cancel_url=settings.checkout_cancel_url,
     )
-    servicer = PaymentsServicer(store, processor, catalogue, bot, checkout)
+    servicer = PaymentsServicer(store, processor, catalogue, bot, checkout, channels)
 
     async def close() -> None:
         await processor.drain()
@@ -76,6 +87,8 @@ def build(settings: Settings, *, workers: int = 2) -> GrpcService:
             processor.run_workers,
             lambda: watch_inbox(store),
             lambda: forget_old_events(store, settings.inbox_retention_days),
+            channels.run_reconciler,
+            channels.follow_entitlements,
         ],
         on_stop=[close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,

@@ -16,6 +16,7 @@ from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
 from paylayer.logs import REQUEST_ID_HEADER
 from payments_service import telegram_updates
 from payments_service.bot_api import BotApi
+from payments_service.channels import ChannelAccess
 from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
 from payments_service.processor import Processor
@@ -158,7 +159,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         catalogue: Catalogue,
         bot: BotApi,
         checkout: Checkout | None = None,
+        channels: ChannelAccess | None = None,
     ) -> None:
+        self.channels = channels
         self.store = store
         self.processor = processor
         self.catalogue = catalogue

@@ -14,6 +14,7 @@ from typing import Any
 from paylayer.catalogue import Catalogue, Sku
 from payments_service import subscriptions
 from payments_service.intents import (
+    ChannelUpdate,
     Grant,
     Ignore,
     Intent,
@@ -28,6 +29,8 @@ STARS = "XTR"
 MAX_PAYLOAD_BYTES = 128
 # The update kinds payments acts on; any other is answered 200 and left alone.
 PAYMENT_KINDS = ("successful_payment", "refunded_payment", "subscription")
+# Updates of the chats channel access keeps in step (payments_service/channels.py).
+CHANNEL_KINDS = ("chat_join_request", "chat_member")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ def update_kind(update: dict[str, Any]) -> str | None:
                 return kind
     if isinstance(update.get("subscription"), dict):
         return "subscription"
+    for kind in CHANNEL_KINDS:
+        if isinstance(update.get(kind), dict):
+            return kind
     return None
 
 
@@ -182,6 +188,8 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
             Payer(telegram_user_id=telegram_user_id),
             sku,
         )
+    if kind in CHANNEL_KINDS:
+        return ChannelUpdate(kind, update)
     return Ignore("update carries nothing payments acts on")
 
 
