@@ -17,6 +17,7 @@ from payments_service.tables import (
     chat_invite_links,
     chat_join_requests,
     chat_members,
+    payments,
 )
 
 # Statuses of someone in the chat (restricted users may still be members: they read it).
@@ -217,6 +218,16 @@ class ChannelStore:
             query = query.where(chat_access_audit.c.telegram_user_id == telegram_user_id)
         async with self.engine.connect() as connection:
             return [dict(row._mapping) for row in await connection.execute(query)]
+
+    async def payment_status(self, provider: str, payment_key: str) -> str | None:
+        """The ledger's word on a payment (refunded, disputed …), to say why access ended."""
+        async with self.engine.connect() as connection:
+            status = await connection.scalar(
+                select(payments.c.status).where(
+                    payments.c.provider == provider, payments.c.payment_key == payment_key
+                )
+            )
+            return str(status) if status is not None else None
 
     @asynccontextmanager
     async def reconcile_lock(self) -> AsyncIterator[bool]:

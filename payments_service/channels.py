@@ -513,8 +513,10 @@ class ChannelAccess:
     async def _on_change(self, change: entitlements_pb2.EntitlementChange) -> None:
         try:
             if change.action == "revoke" and change.user_id:
-                reason = change.grant.reason or "revoked"
-                await self.settle_user(change.user_id, f"access ended: {reason}"[:200])
+                source = change.grant.source
+                status = await self.store.payment_status(source.provider, source.reference)
+                reason = status if status and status != "succeeded" else "revoked"
+                await self.settle_user(change.user_id, f"access ended: {reason}")
             elif change.action == "grant" and change.user_id and change.entitlement:
                 if self.catalogue.chats_of(change.entitlement):
                     await self.invite_links_for(change.user_id, change.entitlement)

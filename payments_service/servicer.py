@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
-from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
+from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from paylayer.logs import REQUEST_ID_HEADER
 from payments_service import telegram_updates
 from payments_service.bot_api import BotApi
@@ -458,3 +459,74 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         if replayed:
             self.processor.kick()
         return payments_pb2.ReplayEventsResponse(replayed=len(replayed))
+
+    # --- channel access ------------------------------------------------------------------------
+
+    @property
+    def channel_access(self) -> ChannelAccess:
+        if self.channels is None or not self.channels.enabled:
+            raise FailedPrecondition("the catalogue lists no chats (tiers: {vip: {chats: [...]}})")
+        return self.channels
+
+    async def GetChannelStatus(
+        self, request: payments_pb2.GetChannelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetChannelStatusResponse:
+        channels = self.channel_access
+        if request.chat_id and request.chat_id not in self.catalogue.chats:
+            raise NotFound(f"chat {request.chat_id} is not in the catalogue")
+        if not 0 <= request.audit_limit <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"audit_limit must be 0-{MAX_PAGE_SIZE}")
+        counts = await channels.store.counts()
+        reply = payments_pb2.GetChannelStatusResponse()
+        for chat_id in sorted(self.catalogue.chats):
+            if request.chat_id and chat_id != request.chat_id:
+                continue
+            known = counts.get(chat_id, {})
+            reply.chats.add(
+                chat_id=chat_id,
+                tiers=sorted(
+                    tier
+                    for tier in self.catalogue.tier_closure
+                    if chat_id in self.catalogue.chats_of(tier)
+                ),
+                members=known.get("member", 0) + known.get("restricted", 0),
+                admins=known.get("creator", 0) + known.get("administrator", 0),
+                left=known.get("left", 0) + known.get("kicked", 0),
+            )
+        rows = await channels.store.audit_rows(
+            chat_id=request.chat_id or None,
+            telegram_user_id=request.telegram_user_id or None,
+            limit=request.audit_limit or 20,
+        )
+        for row in rows:
+            reply.audit.add(
+                chat_id=row["chat_id"],
+                telegram_user_id=row["telegram_user_id"],
+                user_id=row["user_id"] or "",
+                action=row["action"],
+                reason=row["reason"],
+                at=_stamp(row["at"]),
+            )
+        return reply
+
+    async def ReconcileChannels(
+        self, request: payments_pb2.ReconcileChannelsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReconcileChannelsResponse:
+        channels = self.channel_access
+        report = await channels.reconcile()
+        # Another replica's pass holds the lock: wait for it, then run one of our own.
+        for _ in range(300):
+            if report.ran:
+                break
+            await asyncio.sleep(0.1)
+            report = await channels.reconcile()
+        if not report.ran:
+            raise Unavailable("another reconcile is still running; try again")
+        return payments_pb2.ReconcileChannelsResponse(
+            members_checked=report.members_checked,
+            removed=report.removed,
+            kept_admins=report.kept_admins,
+            bot_api_calls=report.bot_api_calls,
+            seconds=report.seconds,
+            errors=report.errors[:50],
+        )
