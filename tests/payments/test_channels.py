@@ -8,7 +8,10 @@ in the chat at the end, as the operator would see it in Telegram.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,8 +33,9 @@ from paylayer.settings import REPO_ROOT
 from payments_service.tables import chat_invite_links
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
-from tests.conftest import fresh_database, make_settings, running_stack
+from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi, FakeChat, add_chat
+from tests.fakes.bot_backend import FakeBotBackend
 from tests.payments.helpers import eventually, new_buyer, post_telegram, user_of_telegram
 from tests.stack import Stack
 
@@ -48,14 +52,35 @@ def channel_catalogue(path: Path) -> Path:
     return path
 
 
+BOT_SECRET = "bot-secret-" + secrets.token_hex(8)
+KNOWN_SECRETS.append(BOT_SECRET)
+
+
+@pytest.fixture(scope="module")
+def product_bot() -> Iterator[FakeBotBackend]:
+    """The product's bot behind the gateway: it gets the chat updates too."""
+    backend = FakeBotBackend()
+    backend.start()
+    yield backend
+    backend.stop()
+
+
 @pytest.fixture(scope="module")
 def channel_stack(
-    admin_database_url: str, bot_api: FakeBotApi, tmp_path_factory: pytest.TempPathFactory
+    admin_database_url: str,
+    bot_api: FakeBotApi,
+    product_bot: FakeBotBackend,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     catalogue_path = channel_catalogue(tmp_path_factory.mktemp("channels") / "catalogue.yaml")
     with fresh_database(admin_database_url) as url:
         settings = make_settings(url, bot_api)
-        extra_env = {"CATALOGUE_PATH": str(catalogue_path), "CHANNELS_RECONCILE_SECONDS": "1"}
+        extra_env = {
+            "CATALOGUE_PATH": str(catalogue_path),
+            "CHANNELS_RECONCILE_SECONDS": "1",
+            "BOT_UPDATES_URL": product_bot.url,
+            "BOT_UPDATES_SECRET": BOT_SECRET,
+        }
         with running_stack(
             settings, tmp_path_factory.mktemp("channel-stack-logs"), extra_env=extra_env
         ) as running:
@@ -388,6 +413,68 @@ async def test_flood_control_is_waited_out(
     )[0] == 200
     assert await in_chat(chat, intruder, False)
     assert bot_api.membership_floods == 0
+
+
+async def test_chat_updates_reach_the_bot_too_and_its_answer_is_relayed(
+    channel_stack: Stack,
+    http: aiohttp.ClientSession,
+    product_bot: FakeBotBackend,
+    chats: dict[int, FakeChat],
+) -> None:
+    product_bot.reset()
+    product_bot.reply = {"method": "sendMessage", "chat_id": 5, "text": "welcome"}
+    stranger = new_buyer()
+    chats[PREMIUM_CHAT].pending.add(stranger)
+    update = join_request_update(PREMIUM_CHAT, stranger, None)
+    status, body = await post_telegram(http, channel_stack, update)
+    assert status == 200 and body == product_bot.reply
+    assert [r.update for r in product_bot.updates_with(update["update_id"])] == [update]
+    await eventually(lambda: _now(not chats[PREMIUM_CHAT].pending), bool)
+    assert stranger not in chats[PREMIUM_CHAT].members
+
+
+async def test_an_expiry_while_payments_was_down_is_acted_on_once_after_start(
+    channel_stack: Stack,
+    http: aiohttp.ClientSession,
+    bot_api: FakeBotApi,
+    chats: dict[int, FakeChat],
+) -> None:
+    buyer = new_buyer()
+    user_id = await user_of_telegram(channel_stack, buyer)
+    chat = chats[VIP_CHAT]
+    await grant(channel_stack, user_id, "vip", seconds=5)
+    await join(http, channel_stack, chat, buyer)
+    assert await in_chat(chat, buyer, True)
+    await asyncio.to_thread(channel_stack.stop, "payments")
+    await asyncio.sleep(5)  # the grant ends while payments is down
+    assert buyer in chat.members
+    channel_stack.start("payments")
+    await channel_stack.up()
+    assert await in_chat(chat, buyer, False, within=60), "expired while down, never removed"
+    await reconcile(channel_stack)
+    assert bans_of(bot_api, buyer) == 1
+
+
+def test_the_cli_shows_the_chats_and_reconciles(channel_stack: Stack) -> None:
+    def paylayer(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "paylayer.cli", "channels", *args],
+            env=channel_stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    status = paylayer("status", "--json")
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert {c["chat_id"]: c["tiers"] for c in shown["chats"]} == {
+        str(PREMIUM_CHAT): ["premium", "vip"],
+        str(VIP_CHAT): ["vip"],
+    }
+    reconciled = paylayer("reconcile")
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert "members checked" in reconciled.stdout
 
 
 def test_channel_status_and_reconcile_are_the_operators_only(channel_stack: Stack) -> None:
