@@ -315,6 +315,14 @@ async def test_vip_gets_premium_chat_too(
     buyer = new_buyer()
     user_id = await user_of_telegram(channel_stack, buyer)
     await grant(channel_stack, user_id, "vip")
+    async with open_channel(
+        channel_stack.addrs["entitlements"], channel_stack.settings.internal_token
+    ) as channel:
+        explained = await entitlements_pb2_grpc.EntitlementsServiceStub(channel).CheckEntitlement(
+            entitlements_pb2.CheckEntitlementRequest(user_id=user_id, entitlement="premium")
+        )
+    # Explain: the chats this user should be in.
+    assert sorted(explained.chats) == sorted([PREMIUM_CHAT, VIP_CHAT])
     for chat_id in (PREMIUM_CHAT, VIP_CHAT):
         await join(http, channel_stack, chats[chat_id], buyer)
         assert await in_chat(chats[chat_id], buyer, True)
