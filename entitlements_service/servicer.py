@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -33,6 +35,11 @@ MAX_BATCH = 500
 MAX_DURATION = timedelta(days=365 * 100)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+# A batch of checks: its size, and its database loads at once (cache misses).
+MAX_CHECKS_PER_CALL = 1000
+BATCH_LOADS_AT_ONCE = 8
 
 
 class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
@@ -67,6 +74,31 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             return remembered
         CHECK_CACHE_MISSES.inc()
         return await self._cache.check(user_id, entitlement)
+
+    async def CheckEntitlements(
+        self,
+        request: entitlements_pb2.CheckEntitlementsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> entitlements_pb2.CheckEntitlementsResponse:
+        if len(request.checks) > MAX_CHECKS_PER_CALL:
+            raise InvalidArgument(f"at most {MAX_CHECKS_PER_CALL} checks per call")
+        for check in request.checks:
+            if not check.user_id or len(check.user_id) > MAX_ID_LENGTH or "\x00" in check.user_id:
+                raise InvalidArgument("user_id is required (at most 256 characters, no NUL)")
+            if check.entitlement not in self._granting_tiers:
+                raise InvalidArgument(self._unknown_entitlement(check.entitlement))
+        loads = asyncio.Semaphore(BATCH_LOADS_AT_ONCE)
+
+        async def answer(check: entitlements_pb2.CheckEntitlementRequest) -> Any:
+            remembered = self._cache.answer_from_memory(check.user_id, check.entitlement)
+            if remembered is not None:
+                return remembered
+            # Misses load from the database: a few at a time, so a pass leaves the pool to others.
+            async with loads:
+                return await self._cache.check(check.user_id, check.entitlement)
+
+        results = await asyncio.gather(*(answer(check) for check in request.checks))
+        return entitlements_pb2.CheckEntitlementsResponse(results=results)
 
     async def ListEntitlements(
         self,

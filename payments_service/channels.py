@@ -43,8 +43,9 @@ GLOBAL_CALLS_PER_SECOND = 30.0
 CHAT_CALLS_PER_SECOND = 10.0
 # A Bot API call refused with 429 is tried again after retry_after, this many times at most.
 MAX_FLOOD_RETRIES = 5
-# Entitlement checks in flight at once during a reconcile.
-CHECK_CONCURRENCY = 32
+# Checks per CheckEntitlements call, and removals under way at once (the limiter paces them).
+CHECK_BATCH = 1000
+REMOVALS_AT_ONCE = 8
 RESOLVE_BATCH = 500
 # Telegram: an invite link's name is 0-32 characters.
 MAX_LINK_NAME = 32
@@ -405,9 +406,36 @@ class ChannelAccess:
 
     # --- the periodic pass ---------------------------------------------------------------------
 
+    async def check_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """(user, tier) -> entitled now, in batches of CheckEntitlements."""
+        verdicts: dict[tuple[str, str], bool] = {}
+        for start in range(0, len(pairs), CHECK_BATCH):
+            batch = pairs[start : start + CHECK_BATCH]
+            try:
+                reply = await self._entitlements.CheckEntitlements(
+                    entitlements_pb2.CheckEntitlementsRequest(
+                        checks=[
+                            entitlements_pb2.CheckEntitlementRequest(user_id=u, entitlement=t)
+                            for u, t in batch
+                        ]
+                    ),
+                    timeout=CALL_DEADLINE_SECONDS * 10,
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                # An entitlements of before the batch form (a rolling upgrade): one by one.
+                for pair in batch:
+                    verdicts[pair] = await self.is_entitled(*pair)
+                continue
+            for pair, answer in zip(batch, reply.results, strict=True):
+                verdicts[pair] = bool(answer.active)
+        return verdicts
+
     async def reconcile(self) -> ReconcileReport:
-        """Every known member of every chat checked against entitlements; the unentitled
-        removed. Skipped (ran False) while another replica runs it."""
+        """Every known member of every chat checked against entitlements (in batches); each
+        one not entitled asked again, alone, then removed. Skipped (ran False) while another
+        replica runs it."""
         started, calls_before = time.monotonic(), self.bot_api_calls
         report = ReconcileReport()
         if not self.enabled:
@@ -419,16 +447,29 @@ class ChannelAccess:
             members = await self.store.members(sorted(self.catalogue.chats), (*PRESENT, REMOVING))
             report.members_checked = len(members)
             users = await self.users_of(sorted({m.telegram_user_id for m in members}))
-            verdicts: dict[tuple[str, str], bool] = {}
-            gate = asyncio.Semaphore(CHECK_CONCURRENCY)
+            pairs = sorted(
+                {
+                    (users[m.telegram_user_id], tier)
+                    for m in members
+                    if m.telegram_user_id in users
+                    for tier in self.catalogue.tiers_giving_chat(m.chat_id)
+                }
+            )
+            verdicts = await self.check_many(pairs)
+            gate = asyncio.Semaphore(REMOVALS_AT_ONCE)
 
             async def settle(member: Member) -> None:
                 user_id = users.get(member.telegram_user_id)
+                tiers = self.catalogue.tiers_giving_chat(member.chat_id)
+                entitled = bool(user_id) and any(verdicts[(user_id or "", t)] for t in tiers)
+                if entitled and member.status != REMOVING:
+                    return
                 async with gate:
                     try:
-                        if await self._belongs_cached(user_id, member.chat_id, verdicts):
+                        # Asked again at the moment of acting: a renewal meanwhile keeps them.
+                        if await self.belongs_in(user_id, member.chat_id):
                             if member.status == REMOVING:
-                                # A removal cut short, and they paid since: just lift the ban.
+                                # A removal cut short, and they paid since: lift the ban only.
                                 await self._call(
                                     "unbanChatMember",
                                     member.chat_id,
@@ -442,20 +483,15 @@ class ChannelAccess:
                                     datetime.now(UTC),
                                 )
                             return
-                        # Asked again at the moment of acting: a renewal in between keeps them.
-                        if await self.belongs_in(user_id, member.chat_id):
-                            return
+                        reason = "access ended" if user_id else "no account for this Telegram user"
+                        if await self.remove(
+                            member.chat_id, member.telegram_user_id, user_id, reason
+                        ):
+                            report.removed += 1
+                        else:
+                            report.kept_admins += 1
                     except Exception as error:
                         report.errors.append(f"{type(error).__name__}: {error}"[:200])
-                        return
-                try:
-                    reason = "access ended" if user_id else "no account for this Telegram user"
-                    if await self.remove(member.chat_id, member.telegram_user_id, user_id, reason):
-                        report.removed += 1
-                    else:
-                        report.kept_admins += 1
-                except Exception as error:
-                    report.errors.append(f"{type(error).__name__}: {error}"[:200])
 
             await asyncio.gather(*(settle(member) for member in members))
         report.bot_api_calls = self.bot_api_calls - calls_before
@@ -468,20 +504,6 @@ class ChannelAccess:
                 len(report.errors),
             )
         return report
-
-    async def _belongs_cached(
-        self, user_id: str | None, chat_id: int, verdicts: dict[tuple[str, str], bool]
-    ) -> bool:
-        """`belongs_in`, each (user, tier) asked once per pass."""
-        if not user_id:
-            return False
-        for tier in sorted(self.catalogue.tiers_giving_chat(chat_id)):
-            key = (user_id, tier)
-            if key not in verdicts:
-                verdicts[key] = await self.is_entitled(user_id, tier)
-            if verdicts[key]:
-                return True
-        return False
 
     async def run_reconciler(self) -> None:
         """Background job: a pass at start and every interval after."""
