@@ -130,6 +130,10 @@ def _int_id(value: Any) -> int | None:
     return None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _when(value: Any) -> datetime:
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 253_402_300_799:
         return datetime.fromtimestamp(value, UTC)
@@ -249,7 +253,7 @@ class ChannelAccess:
     async def _member_update(self, change: Any) -> str:
         if not isinstance(change, dict):
             return "chat_member without its object"
-        chat_id = _int_id((change.get("chat") or {}).get("id"))
+        chat_id = _int_id(_dict(change.get("chat")).get("id"))
         new = change.get("new_chat_member")
         user = new.get("user") if isinstance(new, dict) else None
         telegram_user_id = _int_id(user.get("id")) if isinstance(user, dict) else None
@@ -277,7 +281,7 @@ class ChannelAccess:
     async def _join_request(self, request: Any) -> str:
         if not isinstance(request, dict):
             return "chat_join_request without its object"
-        chat_id = _int_id((request.get("chat") or {}).get("id"))
+        chat_id = _int_id(_dict(request.get("chat")).get("id"))
         user = request.get("from")
         telegram_user_id = _int_id(user.get("id")) if isinstance(user, dict) else None
         if chat_id is None or telegram_user_id is None or telegram_user_id <= 0:

@@ -36,7 +36,14 @@ from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi, FakeChat, add_chat
 from tests.fakes.bot_backend import FakeBotBackend
-from tests.payments.helpers import eventually, new_buyer, post_telegram, user_of_telegram
+from tests.payments.helpers import (
+    eventually,
+    new_buyer,
+    post_telegram,
+    user_of_telegram,
+    wait_settled,
+)
+from tests.payments.test_telegram import key_of
 from tests.stack import Stack
 
 PREMIUM_CHAT = -1001000000001
@@ -616,3 +623,23 @@ def test_the_catalogue_maps_tiers_to_chats_with_clear_errors(tmp_path: Path) -> 
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
         with pytest.raises(ValueError, match="chat"):
             load_catalogue(tmp_path / "bad.yaml")
+
+
+async def test_chat_updates_that_are_not_ours_or_make_no_sense_are_ignored_with_a_reason(
+    channel_stack: Stack, http: aiohttp.ClientSession, bot_api: FakeBotApi
+) -> None:
+    other_chat = join_request_update(-1005555555555, new_buyer(), None)
+    nonsense = {"update_id": next(_update_ids), "chat_join_request": {"chat": [1], "from": "x"}}
+    stale = member_update(PREMIUM_CHAT, new_buyer(), "left", "member")
+    stale["chat_member"]["new_chat_member"]["status"] = "sorcerer"
+    updates = [other_chat, nonsense, stale]
+    for update in updates:
+        assert (await post_telegram(http, channel_stack, update))[0] == 200
+    keys = [key_of(update) for update in updates]
+    engine = create_engine(channel_stack.settings.database_url, application_name="tests")
+    try:
+        statuses = await wait_settled(engine, "telegram", keys)
+    finally:
+        await engine.dispose()
+    assert set(statuses.values()) == {"ignored"}, statuses
+    assert not bot_api.calls_of("approveChatJoinRequest")
