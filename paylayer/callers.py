@@ -64,6 +64,7 @@ ROLES: Mapping[str, frozenset[str] | None] = {
         "CreatePortalSession",
         "CancelSubscription",
         "ResumeSubscription",
+        "CreateInviteLinks",
     ),
     "mt5": _methods(ACCOUNTS, "ReportAccountSnapshot"),
     "reader": _READ,

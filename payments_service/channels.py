@@ -47,6 +47,9 @@ MAX_FLOOD_RETRIES = 5
 CHECK_BATCH = 1000
 REMOVALS_AT_ONCE = 8
 RESOLVE_BATCH = 500
+# The entitlements stream is followed this long, then followed again (never the short default
+# deadline of unary calls: a stream cut every few seconds would miss changes in between).
+WATCH_DEADLINE_SECONDS = 3600.0
 # Telegram: an invite link's name is 0-32 characters.
 MAX_LINK_NAME = 32
 
@@ -528,12 +531,14 @@ class ChannelAccess:
         while True:
             try:
                 stream = self._entitlements.WatchEntitlements(
-                    entitlements_pb2.WatchEntitlementsRequest()
+                    entitlements_pb2.WatchEntitlementsRequest(), timeout=WATCH_DEADLINE_SECONDS
                 )
                 async for change in stream:
                     await self._on_change(change)
             except Exception as error:
-                log.debug("entitlements stream ended (%r); following again", error)
+                # Changes may be missed until it is back: the reconcile catches up removals,
+                # and the receipt asks for its invite links itself.
+                log.warning("entitlements stream ended (%r); following again", error)
             await asyncio.sleep(1)
 
     async def _on_change(self, change: entitlements_pb2.EntitlementChange) -> None:

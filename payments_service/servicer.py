@@ -530,3 +530,24 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
             seconds=report.seconds,
             errors=report.errors[:50],
         )
+
+    async def CreateInviteLinks(
+        self, request: payments_pb2.CreateInviteLinksRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CreateInviteLinksResponse:
+        channels = self.channel_access
+        user_id = _text("user_id", request.user_id, required=True)
+        reply = payments_pb2.CreateInviteLinksResponse()
+        seen: set[int] = set()
+        # The widest tiers first, so a chat is named after the tier that gives the most.
+        tiers = sorted(
+            (t for t in self.catalogue.tier_closure if self.catalogue.chats_of(t)),
+            key=lambda t: (-len(self.catalogue.tier_closure[t]), t),
+        )
+        for tier in tiers:
+            if not await channels.is_entitled(user_id, tier):
+                continue
+            for chat_id, link in sorted((await channels.invite_links_for(user_id, tier)).items()):
+                if chat_id not in seen:
+                    seen.add(chat_id)
+                    reply.links.add(chat_id=chat_id, invite_link=link, tier=tier)
+        return reply

@@ -193,6 +193,15 @@ async def invite_link(stack: Stack, chat_id: int, telegram_user_id: int) -> str 
     return str(link) if link else None
 
 
+async def invite_links(stack: Stack, user_id: str) -> dict[int, str]:
+    """What the bot gets for a user asking for their links again."""
+    async with open_channel(stack.addrs["payments"], stack.settings.internal_token) as channel:
+        reply = await payments_pb2_grpc.PaymentsServiceStub(channel).CreateInviteLinks(
+            payments_pb2.CreateInviteLinksRequest(user_id=user_id), timeout=30
+        )
+    return {link.chat_id: link.invite_link for link in reply.links}
+
+
 _update_ids = iter(range(800_000_000 + secrets.randbelow(10**7), 10**10))
 
 
@@ -279,6 +288,7 @@ async def test_pay_invite_join_expire_removed_pay_again_back(
     assert made["creates_join_request"] is True and 0 < len(made["name"]) <= 32
     # premium gives no seat in the vip chat
     assert await invite_link(channel_stack, VIP_CHAT, buyer) is None
+    assert await invite_links(channel_stack, user_id) == {}  # in the chat already
 
     assert await in_chat(chat, buyer, False), "still in the chat after access expired"
     assert bans_of(bot_api, buyer) == 1
@@ -330,9 +340,18 @@ async def test_vip_gets_premium_chat_too(
         )
     # Explain: the chats this user should be in.
     assert sorted(explained.chats) == sorted([PREMIUM_CHAT, VIP_CHAT])
+    links = await invite_links(channel_stack, user_id)  # asked again: the same links
+    assert links == {
+        chat_id: await invite_link(channel_stack, chat_id, buyer)
+        for chat_id in (PREMIUM_CHAT, VIP_CHAT)
+    }
+    assert len(set(links.values())) == 2
     for chat_id in (PREMIUM_CHAT, VIP_CHAT):
         await join(http, channel_stack, chats[chat_id], buyer)
         assert await in_chat(chats[chat_id], buyer, True)
+    assert (
+        await invite_links(channel_stack, await user_of_telegram(channel_stack, new_buyer())) == {}
+    )
 
 
 async def test_a_refund_removes_once(
@@ -540,11 +559,11 @@ async def _run_sequence(
             assert (await post_telegram(http, stack, update))[0] == 200
 
         async def let_in(buyer: int) -> None:
-            """Everyone entitled wants to be in: they use their link (if made yet)."""
-            for chat_id in catalogue.chats:
-                link = await invite_link(stack, chat_id, buyer)
+            """Everyone wants to be in: they ask the bot for their links and use them."""
+            links = await invite_links(stack, users[buyer])
+            for chat_id, link in links.items():
                 chat = bot_api.chats[chat_id]
-                if link and buyer not in chat.members and buyer not in chat.pending:
+                if buyer not in chat.members and buyer not in chat.pending:
                     chat.request_join(buyer, link)
                     await post(join_request_update(chat_id, buyer, link))
 
