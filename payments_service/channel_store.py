@@ -230,6 +230,24 @@ class ChannelStore:
             return str(status) if status is not None else None
 
     @asynccontextmanager
+    async def removal_lock(self, chat_id: int, telegram_user_id: int) -> AsyncIterator[None]:
+        """One removal of a user from a chat at a time, across replicas (the revoke stream and
+        the reconcile may both act on the same user): the second waits, then sees them gone."""
+        key = f"chat-removal:{chat_id}:{telegram_user_id}"
+        async with self.engine.connect() as connection:
+            await connection.execute(
+                text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), {"key": key}
+            )
+            await connection.commit()
+            try:
+                yield
+            finally:
+                await connection.execute(
+                    text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), {"key": key}
+                )
+                await connection.commit()
+
+    @asynccontextmanager
     async def reconcile_lock(self) -> AsyncIterator[bool]:
         """Whether this process may reconcile now: a session advisory lock on a connection held
         for the pass (released with it, also when the process dies)."""

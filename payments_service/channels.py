@@ -277,8 +277,7 @@ class ChannelAccess:
         if status in PRESENT:
             # Someone let in another way (an admin added them, a link without request).
             user_id = await self.user_of(telegram_user_id)
-            if not await self.belongs_in(user_id, chat_id):
-                await self.remove(chat_id, telegram_user_id, user_id, "joined without access")
+            await self.remove(chat_id, telegram_user_id, user_id, "joined without access")
         return ""
 
     async def _join_request(self, request: Any) -> str:
@@ -369,32 +368,50 @@ class ChannelAccess:
 
     async def remove(
         self, chat_id: int, telegram_user_id: int, user_id: str | None, reason: str
-    ) -> bool:
-        """Ban then unban, so the user is out and may return after paying again. The caller
-        has just asked entitlements; admins and the owner are never touched. True if removed."""
-        known = await self.store.member(chat_id, telegram_user_id)
-        if known is not None and known.status in ADMINS:
-            return False
-        await self.store.observe_member(chat_id, telegram_user_id, REMOVING, datetime.now(UTC))
-        try:
-            await self._call("banChatMember", chat_id, user_id=telegram_user_id)
-        except BotApiError as error:
-            text = error.description
-            if "administrator" in text or "chat owner" in text:
-                await self.store.observe_member(
-                    chat_id, telegram_user_id, "administrator", datetime.now(UTC)
-                )
-                await self.store.audit(
-                    chat_id, telegram_user_id, user_id, "kept", "an admin is never removed"
-                )
-                return False
-            if "USER_NOT_PARTICIPANT" not in text:
-                raise
-        await self._call("unbanChatMember", chat_id, user_id=telegram_user_id, only_if_banned=True)
-        await self.store.observe_member(chat_id, telegram_user_id, "left", datetime.now(UTC))
-        await self.store.audit(chat_id, telegram_user_id, user_id, "removed", reason)
+    ) -> str:
+        """Ban then unban, so the user is out and may return after paying again. Returns
+        "removed", "admin" (never touched), "gone" (already out: another removal came first)
+        or "entitled" (asked again now, they belong: a renewal came first)."""
+        async with self.store.removal_lock(chat_id, telegram_user_id):
+            known = await self.store.member(chat_id, telegram_user_id)
+            if known is not None and known.status in ADMINS:
+                return "admin"
+            if known is not None and known.status not in (*PRESENT, REMOVING):
+                return "gone"
+            # Asked again under the lock, at the moment of acting: a renewal keeps them.
+            if await self.belongs_in(user_id, chat_id):
+                if known is not None and known.status == REMOVING:
+                    # A removal cut short (a crash between ban and unban), and they paid
+                    # since: lift the ban only.
+                    await self._call(
+                        "unbanChatMember", chat_id, user_id=telegram_user_id, only_if_banned=True
+                    )
+                    await self.store.observe_member(
+                        chat_id, telegram_user_id, "left", datetime.now(UTC)
+                    )
+                return "entitled"
+            await self.store.observe_member(chat_id, telegram_user_id, REMOVING, datetime.now(UTC))
+            try:
+                await self._call("banChatMember", chat_id, user_id=telegram_user_id)
+            except BotApiError as error:
+                text = error.description
+                if "administrator" in text or "chat owner" in text:
+                    await self.store.observe_member(
+                        chat_id, telegram_user_id, "administrator", datetime.now(UTC)
+                    )
+                    await self.store.audit(
+                        chat_id, telegram_user_id, user_id, "kept", "an admin is never removed"
+                    )
+                    return "admin"
+                if "USER_NOT_PARTICIPANT" not in text:
+                    raise
+            await self._call(
+                "unbanChatMember", chat_id, user_id=telegram_user_id, only_if_banned=True
+            )
+            await self.store.observe_member(chat_id, telegram_user_id, "left", datetime.now(UTC))
+            await self.store.audit(chat_id, telegram_user_id, user_id, "removed", reason)
         log.info("removed a user from chat %s: %s", chat_id, reason)
-        return True
+        return "removed"
 
     async def settle_user(self, user_id: str, reason: str) -> int:
         """After a revoke: out of each chat this user no longer belongs in. How many."""
@@ -407,8 +424,8 @@ class ChannelAccess:
                 continue
             if member.status not in (*PRESENT, REMOVING):
                 continue
-            if not await self.belongs_in(user_id, member.chat_id):
-                removed += await self.remove(member.chat_id, telegram_user_id, user_id, reason)
+            outcome = await self.remove(member.chat_id, telegram_user_id, user_id, reason)
+            removed += outcome == "removed"
         return removed
 
     # --- the periodic pass ---------------------------------------------------------------------
@@ -473,30 +490,12 @@ class ChannelAccess:
                     return
                 async with gate:
                     try:
-                        # Asked again at the moment of acting: a renewal meanwhile keeps them.
-                        if await self.belongs_in(user_id, member.chat_id):
-                            if member.status == REMOVING:
-                                # A removal cut short, and they paid since: lift the ban only.
-                                await self._call(
-                                    "unbanChatMember",
-                                    member.chat_id,
-                                    user_id=member.telegram_user_id,
-                                    only_if_banned=True,
-                                )
-                                await self.store.observe_member(
-                                    member.chat_id,
-                                    member.telegram_user_id,
-                                    "left",
-                                    datetime.now(UTC),
-                                )
-                            return
                         reason = "access ended" if user_id else "no account for this Telegram user"
-                        if await self.remove(
+                        outcome = await self.remove(
                             member.chat_id, member.telegram_user_id, user_id, reason
-                        ):
-                            report.removed += 1
-                        else:
-                            report.kept_admins += 1
+                        )
+                        report.removed += outcome == "removed"
+                        report.kept_admins += outcome == "admin"
                     except Exception as error:
                         report.errors.append(f"{type(error).__name__}: {error}"[:200])
 
