@@ -45,8 +45,21 @@ def catalogue_with_chat() -> Path:
 
 
 async def seed(stack: Stack, members: list[int], entitled: set[int], database_url: str) -> None:
-    """Accounts for every member, a 30-day premium grant for the entitled, and the members
-    known to payments (as their chat_member updates would have left them)."""
+    """The members known to payments (as their chat_member updates would have left them),
+    then accounts for every member and a 30-day premium grant for the entitled."""
+    connection = await asyncpg.connect(plain(database_url))
+    try:
+        rows = [(CHAT, t, "member") for t in members] + [
+            (CHAT, OWNER, "creator"),
+            (CHAT, ADMIN, "administrator"),
+        ]
+        await connection.executemany(
+            "INSERT INTO payments.chat_members (chat_id, telegram_user_id, status, observed_at)"
+            " VALUES ($1, $2, $3, now())",
+            rows,
+        )
+    finally:
+        await connection.close()
     token = stack.settings.internal_token
     async with (
         open_channel(stack.addrs["accounts"], token) as accounts_channel,
@@ -81,19 +94,6 @@ async def seed(stack: Stack, members: list[int], entitled: set[int], database_ur
                 await entitlements.GrantEntitlements(
                     entitlements_pb2.GrantEntitlementsRequest(grants=grants), timeout=60
                 )
-    connection = await asyncpg.connect(plain(database_url))
-    try:
-        rows = [(CHAT, t, "member") for t in members] + [
-            (CHAT, OWNER, "creator"),
-            (CHAT, ADMIN, "administrator"),
-        ]
-        await connection.executemany(
-            "INSERT INTO payments.chat_members (chat_id, telegram_user_id, status, observed_at)"
-            " VALUES ($1, $2, $3, now())",
-            rows,
-        )
-    finally:
-        await connection.close()
 
 
 async def reconcile(stack: Stack) -> dict[str, Any]:
@@ -137,6 +137,8 @@ def main() -> None:
                 seeding = time.perf_counter()
                 asyncio.run(seed(stack, members, entitled, database_url))
                 results["seed_seconds"] = round(time.perf_counter() - seeding, 1)
+                # Payments follows every grant (invite links for chats not joined): let it finish.
+                time.sleep(15)
                 bot_api.calls.clear()
                 results["first_pass"] = asyncio.run(reconcile(stack))
                 results["first_pass"]["fake_saw_calls"] = len(bot_api.calls)
