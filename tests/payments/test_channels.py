@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -664,3 +665,34 @@ async def test_chat_updates_that_are_not_ours_or_make_no_sense_are_ignored_with_
         await engine.dispose()
     assert set(statuses.values()) == {"ignored"}, statuses
     assert not bot_api.calls_of("approveChatJoinRequest")
+
+
+async def test_check_entitlements_answers_many_as_check_entitlement_answers_each(
+    channel_stack: Stack,
+) -> None:
+    vip_user = await user_of_telegram(channel_stack, new_buyer())
+    nobody = await user_of_telegram(channel_stack, new_buyer())
+    await grant(channel_stack, vip_user, "vip")
+    checks = [
+        entitlements_pb2.CheckEntitlementRequest(user_id=user, entitlement=tier)
+        for user in (vip_user, nobody)
+        for tier in ("premium", "vip")
+    ]
+    async with open_channel(
+        channel_stack.addrs["entitlements"], channel_stack.settings.internal_token
+    ) as channel:
+        stub = entitlements_pb2_grpc.EntitlementsServiceStub(channel)
+        reply = await stub.CheckEntitlements(
+            entitlements_pb2.CheckEntitlementsRequest(checks=checks)
+        )
+        assert [r.active for r in reply.results] == [True, True, False, False]
+        for check, answer in zip(checks, reply.results, strict=True):
+            assert answer == await stub.CheckEntitlement(check)
+        for bad in (
+            [entitlements_pb2.CheckEntitlementRequest(user_id=nobody, entitlement="gold")],
+            [entitlements_pb2.CheckEntitlementRequest(user_id="", entitlement="vip")],
+            checks[:1] * 1001,
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CheckEntitlements(entitlements_pb2.CheckEntitlementsRequest(checks=bad))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
