@@ -514,11 +514,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
     ) -> payments_pb2.ReconcileChannelsResponse:
         channels = self.channel_access
         report = await channels.reconcile()
-        # Another replica's pass holds the lock: wait for it, then run one of our own.
-        for _ in range(300):
-            if report.ran:
-                break
-            await asyncio.sleep(0.1)
+        # Another replica's pass holds the lock: wait for it (while the caller waits), then
+        # run one of our own.
+        while not report.ran and (context.time_remaining() or 0) > 1:
+            await asyncio.sleep(0.2)
             report = await channels.reconcile()
         if not report.ran:
             raise Unavailable("another reconcile is still running; try again")
