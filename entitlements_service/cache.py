@@ -49,8 +49,11 @@ class CheckCache:
         granting_tiers: Mapping[str, frozenset[str]],
         *,
         max_users: int = MAX_USERS,
+        chats_by_tier: Mapping[str, frozenset[int]] | None = None,
     ) -> None:
         self._load_grants = load_grants
+        # For explain: tier -> the Telegram chats it gives a seat in.
+        self._chats_by_tier = chats_by_tier or {}
         self._granting_tiers = granting_tiers
         self._max_users = max_users
         self._users: dict[str, _UserEntry] = {}
@@ -102,7 +105,7 @@ class CheckCache:
             entry.answers[entitlement] = (_NEVER_ACTIVE, math.inf)
             return _NEVER_ACTIVE
         answer = rules.answer(windows, datetime.fromtimestamp(now, UTC))
-        response = wire.check_response(answer)
+        response = wire.check_response(answer, self._chats_by_tier)
         entry.answers[entitlement] = (response, _valid_until(answer))
         return response
 

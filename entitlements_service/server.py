@@ -47,7 +47,8 @@ def compose(settings: Settings) -> Parts:
         async with begin() as uow:
             return await uow.grants.grants_of_user(user_id, include_revoked=False)
 
-    cache = CheckCache(load_grants, granting_tiers)
+    chats_by_tier = {tier: catalogue.chats_of(tier) for tier in catalogue.tier_closure}
+    cache = CheckCache(load_grants, granting_tiers, chats_by_tier=chats_by_tier)
     feed = ChangeFeed()
     listener = ChangeListener(settings.database_url, cache, feed)
     entitlements = Entitlements(begin, cache, granting_tiers)

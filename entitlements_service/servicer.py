@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -18,6 +20,11 @@ from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
 MAX_BATCH = 500
 MAX_AUDIT_ROWS = 1000
+
+
+# A batch of checks: its size, and its database loads at once (cache misses).
+MAX_CHECKS_PER_CALL = 1000
+BATCH_LOADS_AT_ONCE = 8
 
 
 class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
@@ -41,6 +48,29 @@ class EntitlementsServicer(entitlements_pb2_grpc.EntitlementsServiceServicer):
             return remembered
         CHECK_CACHE_MISSES.inc()
         return await self._cache.check(user_id, entitlement)
+
+    async def CheckEntitlements(
+        self,
+        request: entitlements_pb2.CheckEntitlementsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> entitlements_pb2.CheckEntitlementsResponse:
+        if len(request.checks) > MAX_CHECKS_PER_CALL:
+            raise InvalidArgument(f"at most {MAX_CHECKS_PER_CALL} checks per call")
+        for check in request.checks:
+            validation.text("user_id", check.user_id, required=True)
+            self._entitlements.require_known(check.entitlement)
+        loads = asyncio.Semaphore(BATCH_LOADS_AT_ONCE)
+
+        async def answer(check: entitlements_pb2.CheckEntitlementRequest) -> Any:
+            remembered = self._cache.answer_from_memory(check.user_id, check.entitlement)
+            if remembered is not None:
+                return remembered
+            # Misses load from the database: a few at a time, so a pass leaves the pool to others.
+            async with loads:
+                return await self._cache.check(check.user_id, check.entitlement)
+
+        results = await asyncio.gather(*(answer(check) for check in request.checks))
+        return entitlements_pb2.CheckEntitlementsResponse(results=results)
 
     async def ListEntitlements(
         self,

@@ -124,11 +124,20 @@ def grant_message(grant: Grant, window: Window | None = None) -> entitlements_pb
     return message
 
 
-def check_response(answer: Answer) -> entitlements_pb2.CheckEntitlementResponse:
+def check_response(
+    answer: Answer, chats_by_tier: Mapping[str, frozenset[int]] | None = None
+) -> entitlements_pb2.CheckEntitlementResponse:
+    """The answer on the wire; `chats_by_tier` (tier -> the chats it gives, inclusions
+    counted) names the chats the explaining grants give a seat in."""
+    chats: set[int] = set()
+    if answer.active and chats_by_tier:
+        for window in answer.explain:
+            chats |= chats_by_tier.get(window.grant.entitlement, frozenset())
     response = entitlements_pb2.CheckEntitlementResponse(
         active=answer.active,
         lifetime=answer.lifetime,
         grants=[grant_message(window.grant, window) for window in answer.explain],
+        chats=sorted(chats),
     )
     if answer.expires_at is not None:
         response.expires_at.CopyFrom(to_proto_time(answer.expires_at))

@@ -51,6 +51,14 @@ def is_payment_update(update: dict[str, Any]) -> bool:
     return isinstance(update.get("subscription"), dict)
 
 
+# Updates payments records for channel access and the bot gets as well, with its answer relayed.
+CHANNEL_UPDATES = ("chat_join_request", "chat_member")
+
+
+def is_channel_update(update: dict[str, Any]) -> bool:
+    return any(isinstance(update.get(kind), dict) for kind in CHANNEL_UPDATES)
+
+
 class BotForwarder:
     """One HTTP session to the bot, and the copies of payment updates still on their way."""
 

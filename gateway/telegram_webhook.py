@@ -1,8 +1,9 @@
 """POST /api/v1/telegram/webhook: check the secret token, hand the update to payments or the bot.
 
 A pre-checkout query is answered in the response body (Telegram's webhook reply), so the
-answer costs no extra round trip and always comes well inside Telegram's 10 s. Every other
-update belongs to the product's bot (`gateway.bot_forward`).
+answer costs no extra round trip and always comes well inside Telegram's 10 s. Join requests
+and membership changes are recorded by payments (channel access), then relayed to the bot.
+Every other update belongs to the product's bot (`gateway.bot_forward`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import grpc
 from aiohttp import web
 
-from gateway.bot_forward import is_payment_update
+from gateway.bot_forward import is_channel_update, is_payment_update
 from gateway.keys import BOT_FORWARDER, PAYMENTS, SETTINGS
 from gateway.metrics import WEBHOOK_REJECTIONS
 from paylayer.logs import request_id_var
@@ -62,7 +63,8 @@ async def telegram_webhook(request: web.Request) -> web.Response:
 
     request_id_var.set(f"telegram:{update['update_id']}")
     forwarder = request.app[BOT_FORWARDER]
-    if not is_payment_update(update):
+    channel_update = is_channel_update(update)
+    if not is_payment_update(update) and not channel_update:
         if forwarder is None:
             return web.json_response({"ok": True})
         return await forwarder.relay(body)
@@ -81,6 +83,9 @@ async def telegram_webhook(request: web.Request) -> web.Response:
             # Never leave the buyer waiting: a clear "no" now beats Telegram's timeout.
             return _pre_checkout_reply(query["id"], False, TRY_AGAIN)
         return web.json_response({"error": "not recorded, retry later"}, status=503)
+    if forwarder is not None and channel_update:
+        # Recorded first; then the bot's to answer, as for any update that is not a payment.
+        return await forwarder.relay(body)
     if forwarder is not None:
         # Recorded (or answered) first; the bot's copy never delays Telegram's answer.
         forwarder.copy_later(body)

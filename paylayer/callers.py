@@ -27,7 +27,13 @@ def _methods(service: str, *names: str) -> frozenset[str]:
 
 # What the reader may: look, never change. ResolveUser is here without `create` (see below).
 _READ = (
-    _methods(ENTITLEMENTS, "CheckEntitlement", "ListEntitlements", "WatchEntitlements")
+    _methods(
+        ENTITLEMENTS,
+        "CheckEntitlement",
+        "CheckEntitlements",
+        "ListEntitlements",
+        "WatchEntitlements",
+    )
     | _methods(ACCOUNTS, "ResolveUser", "GetAccount", "ListAccounts", "ListAccountSnapshots")
     | _methods(PAYMENTS, "ListEvents", "ListPayments")
 )
@@ -37,8 +43,8 @@ EVERYTHING = None  # the operator's role: every method of every service
 ROLES: Mapping[str, frozenset[str] | None] = {
     # Internet-facing: it may only hand over what it verified; payments decides the rest.
     "gateway": _methods(PAYMENTS, "HandleStripeEvent", "HandleTelegramUpdate"),
-    # ResolveUsers and GrantEntitlements are the batch forms of ResolveUser and
-    # GrantEntitlement, under the same rules item by item.
+    # ResolveUsers, GrantEntitlements and CheckEntitlements are the batch forms of
+    # ResolveUser, GrantEntitlement and CheckEntitlement, under the same rules item by item.
     "payments": _methods(ACCOUNTS, "ResolveUser", "ResolveUsers", "LinkIdentity")
     | _methods(
         ENTITLEMENTS,
@@ -46,6 +52,7 @@ ROLES: Mapping[str, frozenset[str] | None] = {
         "GrantEntitlements",
         "RevokeEntitlement",
         "CheckEntitlement",
+        "CheckEntitlements",
         "ListEntitlements",
         "WatchEntitlements",
     ),
@@ -59,6 +66,7 @@ ROLES: Mapping[str, frozenset[str] | None] = {
         "CreatePortalSession",
         "CancelSubscription",
         "ResumeSubscription",
+        "CreateInviteLinks",
     ),
     "mt5": _methods(ACCOUNTS, "ReportAccountSnapshot"),
     "reader": _READ,

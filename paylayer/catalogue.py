@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,6 +47,25 @@ class Catalogue:
     tier_closure: dict[str, frozenset[str]]
     max_accounts_by_tier: dict[str, int]
     max_accounts_without_tier: int
+    # tier -> the Telegram chats (channels, groups) its own entry lists; see `chats_of`
+    chats_by_tier: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    def chats_of(self, tier: str) -> frozenset[int]:
+        """The chats a holder of `tier` belongs in: its own and those of the tiers it includes."""
+        chats: frozenset[int] = frozenset()
+        for included in self.tier_closure.get(tier, frozenset({tier})):
+            chats |= self.chats_by_tier.get(included, frozenset())
+        return chats
+
+    def tiers_giving_chat(self, chat_id: int) -> frozenset[str]:
+        """The tiers that list this chat themselves: a check of any of them (which a tier
+        including it passes too) says whether a user belongs in the chat."""
+        return frozenset(tier for tier, chats in self.chats_by_tier.items() if chat_id in chats)
+
+    @property
+    def chats(self) -> frozenset[int]:
+        """Every chat whose membership the layer keeps in step with access."""
+        return frozenset().union(*self.chats_by_tier.values())
 
     def granting_tiers(self, entitlement: str) -> frozenset[str]:
         """The tiers whose grants answer a check for `entitlement` (itself included)."""
@@ -93,9 +112,40 @@ def _stripe_prices(name: str, spec: object) -> tuple[Price, ...]:
     return tuple(prices)
 
 
+# Telegram chat ids are 64-bit; channels and supergroups are negative (-100…), groups too.
+_MAX_CHAT_ID = 2**63
+
+
+def _chats(tier: str, spec: object) -> frozenset[int]:
+    """`chats:` of a tier: a list of Telegram chat ids (numbers, as getChat reports them)."""
+    if spec is None:
+        return frozenset()
+    if not isinstance(spec, list):
+        raise ValueError(f"tier {tier}: chats must be a list of Telegram chat ids")
+    chats = set()
+    for chat in spec:
+        if (
+            not isinstance(chat, int)
+            or isinstance(chat, bool)
+            or chat == 0
+            or not -_MAX_CHAT_ID < chat < _MAX_CHAT_ID
+        ):
+            raise ValueError(
+                f"tier {tier}: chat {chat!r} is not a Telegram chat id (a number such as "
+                "-1001234567890; a channel's @name will not do)"
+            )
+        chats.add(chat)
+    return frozenset(chats)
+
+
 def load_catalogue(path: Path) -> Catalogue:
     raw = yaml.safe_load(path.read_text())
     tiers = raw.get("tiers", {})
+    if not isinstance(tiers, dict) or not all(
+        isinstance(spec, dict) or spec is None for spec in tiers.values()
+    ):
+        raise ValueError("tiers must map each tier name to its settings")
+    tiers = {name: spec or {} for name, spec in tiers.items()}
     skus: dict[str, Sku] = {}
     for name, spec in raw.get("skus", {}).items():
         lifetime = bool(spec.get("lifetime"))
@@ -126,4 +176,5 @@ def load_catalogue(path: Path) -> Catalogue:
         tier_closure=_closure({t: list(v.get("includes", [])) for t, v in tiers.items()}),
         max_accounts_by_tier={t: int(v.get("max_accounts", 0)) for t, v in tiers.items()},
         max_accounts_without_tier=int(raw.get("max_accounts_without_tier", 1)),
+        chats_by_tier={t: _chats(t, v.get("chats")) for t, v in tiers.items()},
     )

@@ -88,6 +88,14 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return seconds
 
 
+def _period(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds between two rounds of a loop: never 0 (a busy loop), at most a day."""
+    seconds = _seconds(env, name, default)
+    if not 0 < seconds <= 86_400:
+        raise ConfigError(f"{name} must be more than 0 and at most a day")
+    return seconds
+
+
 def _stripe_livemode(env: Mapping[str, str]) -> bool:
     """`STRIPE_LIVEMODE`, else live exactly when the API key is a live one."""
     given = env.get("STRIPE_LIVEMODE", "").strip().lower()
@@ -191,6 +199,9 @@ class Settings:
         60.0,
         "how long a claimed message is held before its send counts as unknown",
     )
+    channels_reconcile_seconds: float = _setting(
+        "CHANNELS_RECONCILE_SECONDS", 30.0, "between two channel passes (members vs entitled)"
+    )
     snapshot_history_days: int = _setting(
         "SNAPSHOT_HISTORY_DAYS", 90, "accounts' snapshot history (a point a minute) kept (0: ever)"
     )
@@ -247,6 +258,7 @@ class Settings:
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),
             payments_outbox_lease_seconds=_seconds(env, "PAYMENTS_OUTBOX_LEASE_SECONDS", 60.0),
+            channels_reconcile_seconds=_period(env, "CHANNELS_RECONCILE_SECONDS", 30.0),
             snapshot_history_days=_whole_number(env, "SNAPSHOT_HISTORY_DAYS", 90),
             console_addr=env.get("CONSOLE_ADDR", "").strip() or DEFAULT_ADDRS["console"],
             console_session_key=env.get("CONSOLE_SESSION_KEY", ""),

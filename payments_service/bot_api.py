@@ -54,7 +54,10 @@ class BotApi:
                 method,
                 str(body.get("description", ""))[:500],
                 code if isinstance(code, int) else response.status,
-                float(retry_after) if isinstance(retry_after, int | float) else 0.0,
+                # A wait of an hour or more is not one to honour blindly: treated as none.
+                float(retry_after)
+                if isinstance(retry_after, int | float) and 0 < retry_after < 3600
+                else 0.0,
             )
         return body.get("result")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from paylayer.catalogue import Sku
 
@@ -138,4 +139,21 @@ class Ignore:
     reason: str
 
 
-Intent = Grant | Revoke | PaymentNote | LinkInvoicePayment | Reinstate | SubscriptionChange | Ignore
+@dataclass(frozen=True)
+class ChannelUpdate:
+    """A join request or a membership change in a chat: channel access acts on it."""
+
+    kind: str  # chat_join_request or chat_member
+    update: dict[str, Any]
+
+
+Intent = (
+    Grant
+    | Revoke
+    | PaymentNote
+    | LinkInvoicePayment
+    | Reinstate
+    | SubscriptionChange
+    | Ignore
+    | ChannelUpdate
+)

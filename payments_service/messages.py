@@ -32,8 +32,12 @@ PLACEHOLDERS: dict[str, frozenset[str]] = {
     "reminder_1d": frozenset({"sku", "tier", "until"}),
     "ended": frozenset({"sku", "tier"}),
     "renew": frozenset({"link", "sku"}),
+    # A line of a receipt: the buyer's own invite link to a chat their tier gives.
+    "invite": frozenset({"link", "tier"}),
 }
-MESSAGE_KINDS = tuple(kind for kind in PLACEHOLDERS if kind != "renew")
+# Lines added to a message, not messages of their own.
+LINE_KINDS = ("renew", "invite")
+MESSAGE_KINDS = tuple(kind for kind in PLACEHOLDERS if kind not in LINE_KINDS)
 REMINDER_KINDS = ("reminder_3d", "reminder_1d", "ended")
 # How long before the end of access each reminder is due.
 REMINDER_LEADS: dict[str, timedelta] = {
@@ -65,6 +69,12 @@ class Texts:
     def sku_title(self, language: str, sku: str) -> str:
         titles = self.sku_titles.get(language) or self.sku_titles.get(DEFAULT_LANGUAGE) or {}
         return titles.get(sku) or sku.replace("_", " ").title()
+
+    def line(self, kind: str, language_code: str, values: Mapping[str, str]) -> str:
+        """One added line (`renew`, `invite`) in the user's language, else English."""
+        own = self.templates[self.language_of(language_code)]
+        template = own.get(kind) or self.templates[DEFAULT_LANGUAGE][kind]
+        return template.format_map({name: str(values.get(name, "")) for name in PLACEHOLDERS[kind]})
 
     def render(
         self,

@@ -41,8 +41,10 @@ from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
 from paylayer.settings import DEFAULT_PAYMENTS_WORKERS
 from payments_service import messages, outbox, stripe_events, subscription_effects, telegram_updates
+from payments_service.channels import ChannelAccess
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
+    ChannelUpdate,
     Grant,
     Ignore,
     Intent,
@@ -166,6 +168,8 @@ class Processor:
         self._wake = asyncio.Event()
         # Told when messages to users were written (the outbox's sender wakes).
         self.on_notices: Callable[[], None] | None = None
+        # Channel access (payments_service/channels.py), when the catalogue lists chats.
+        self.channels: ChannelAccess | None = None
 
     def kick(self) -> None:
         """A new event is in the inbox: wake a worker now rather than at its next poll."""
@@ -443,6 +447,10 @@ class Processor:
                     )
                 )
             return _Done(None, notices=notices)
+        if isinstance(intent, ChannelUpdate):
+            if self.channels is None or not self.channels.enabled:
+                return _Done(None, "the catalogue lists no chats")
+            return _Done(None, await self.channels.handle_update(intent.kind, intent.update))
         return _Done(None)
 
     async def _grant(self, intent: Grant, event_ref: str, event: Event) -> _Done:

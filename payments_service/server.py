@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
 from paylayer.settings import ConfigError, Settings
 from paylayer.tls import GrpcTls
-from payments_service.bot_api import BotApi
+from payments_service.bot_api import BotApi, BotApiError
+from payments_service.channel_store import ChannelStore
+from payments_service.channels import ChannelAccess
 from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
 from payments_service.messages import MessagesFileError, load_texts
 from payments_service.metrics import watch_inbox
-from payments_service.outbox import Sender
+from payments_service.outbox import ReceiptContext, Sender
 from payments_service.processor import Processor
 from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
 from payments_service.store import Store
 from payments_service.stripe_api import StripeApi
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 def build(settings: Settings) -> GrpcService:
@@ -48,6 +54,15 @@ def build(settings: Settings) -> GrpcService:
         stripe_livemode=settings.stripe_livemode,
         database_url=settings.database_url,
     )
+    channels = ChannelAccess(
+        ChannelStore(engine),
+        bot,
+        catalogue,
+        accounts,
+        entitlements,
+        interval_seconds=settings.channels_reconcile_seconds,
+    )
+    processor.channels = channels
     stripe_api = StripeApi(settings.stripe_api_key, settings.stripe_api_base)
     checkout = Checkout(
         store=store,
@@ -82,7 +97,28 @@ def build(settings: Settings) -> GrpcService:
         lease_seconds=settings.payments_outbox_lease_seconds,
     )
     processor.on_notices = sender.kick
-    servicer = PaymentsServicer(store, processor, catalogue, bot, checkout)
+
+    async def invite_lines(receipt: ReceiptContext) -> list[str]:
+        """The buyer's own invite link to each chat of the tier they are not in yet."""
+        if not channels.enabled:
+            return []
+        try:
+            links = await channels.invite_links_for(
+                receipt.user_id, receipt.entitlement, receipt.telegram_user_id
+            )
+        except BotApiError as error:
+            # Telegram refused (the bot is no admin there, say): the receipt goes without the
+            # link rather than never, and the bot can ask CreateInviteLinks later. Telegram away
+            # (Unavailable) is raised: the receipt is then retried, links and all.
+            log.warning("receipt without invite links for %s: %s", receipt.user_id, error)
+            return []
+        return [
+            texts.line("invite", receipt.language, {"tier": receipt.entitlement, "link": link})
+            for _, link in sorted(links.items())
+        ]
+
+    sender.receipt_extras.append(invite_lines)
+    servicer = PaymentsServicer(store, processor, catalogue, bot, checkout, channels)
 
     async def close() -> None:
         await processor.drain()
@@ -104,6 +140,8 @@ def build(settings: Settings) -> GrpcService:
             sender.run,
             lambda: watch_inbox(store),
             lambda: forget_old_events(store, settings.inbox_retention_days),
+            channels.run_reconciler,
+            channels.follow_entitlements,
         ],
         on_stop=[close],
         shutdown_grace_seconds=settings.shutdown_grace_seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -10,10 +11,11 @@ import grpc
 from paylayer import validation
 from paylayer.callers import caller_var
 from paylayer.catalogue import Catalogue
-from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound
+from paylayer.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from paylayer.logs import REQUEST_ID_HEADER
 from payments_service import outbox, telegram_updates, wire
 from payments_service.bot_api import BotApi
+from payments_service.channels import ChannelAccess
 from payments_service.checkout import Checkout
 from payments_service.metrics import EVENTS_DUPLICATE, EVENTS_RECEIVED
 from payments_service.overview import overview
@@ -66,7 +68,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
         catalogue: Catalogue,
         bot: BotApi,
         checkout: Checkout | None = None,
+        channels: ChannelAccess | None = None,
     ) -> None:
+        self.channels = channels
         self.store = store
         self.processor = processor
         self.catalogue = catalogue
@@ -416,3 +420,94 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):
                 for day, provider, currency, amount, count in figures.revenue_per_day
             ],
         )
+
+    # --- channel access ------------------------------------------------------------------------
+
+    @property
+    def channel_access(self) -> ChannelAccess:
+        if self.channels is None or not self.channels.enabled:
+            raise FailedPrecondition("the catalogue lists no chats (tiers: {vip: {chats: [...]}})")
+        return self.channels
+
+    async def GetChannelStatus(
+        self, request: payments_pb2.GetChannelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetChannelStatusResponse:
+        channels = self.channel_access
+        if request.chat_id and request.chat_id not in self.catalogue.chats:
+            raise NotFound(f"chat {request.chat_id} is not in the catalogue")
+        if not 0 <= request.audit_limit <= wire.MAX_PAGE_SIZE:
+            raise InvalidArgument(f"audit_limit must be 0-{wire.MAX_PAGE_SIZE}")
+        counts = await channels.store.counts()
+        reply = payments_pb2.GetChannelStatusResponse()
+        for chat_id in sorted(self.catalogue.chats):
+            if request.chat_id and chat_id != request.chat_id:
+                continue
+            known = counts.get(chat_id, {})
+            reply.chats.add(
+                chat_id=chat_id,
+                tiers=sorted(
+                    tier
+                    for tier in self.catalogue.tier_closure
+                    if chat_id in self.catalogue.chats_of(tier)
+                ),
+                members=known.get("member", 0) + known.get("restricted", 0),
+                admins=known.get("creator", 0) + known.get("administrator", 0),
+                left=known.get("left", 0) + known.get("kicked", 0),
+            )
+        rows = await channels.store.audit_rows(
+            chat_id=request.chat_id or None,
+            telegram_user_id=request.telegram_user_id or None,
+            limit=request.audit_limit or 20,
+        )
+        for row in rows:
+            reply.audit.add(
+                chat_id=row["chat_id"],
+                telegram_user_id=row["telegram_user_id"],
+                user_id=row["user_id"] or "",
+                action=row["action"],
+                reason=row["reason"],
+                at=wire.to_proto_time(row["at"]),
+            )
+        return reply
+
+    async def ReconcileChannels(
+        self, request: payments_pb2.ReconcileChannelsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReconcileChannelsResponse:
+        channels = self.channel_access
+        report = await channels.reconcile()
+        # Another replica's pass holds the lock: wait for it (while the caller waits), then
+        # run one of our own.
+        while not report.ran and (context.time_remaining() or 0) > 1:
+            await asyncio.sleep(0.2)
+            report = await channels.reconcile()
+        if not report.ran:
+            raise Unavailable("another reconcile is still running; try again")
+        return payments_pb2.ReconcileChannelsResponse(
+            members_checked=report.members_checked,
+            removed=report.removed,
+            kept_admins=report.kept_admins,
+            bot_api_calls=report.bot_api_calls,
+            seconds=report.seconds,
+            errors=report.errors[:50],
+        )
+
+    async def CreateInviteLinks(
+        self, request: payments_pb2.CreateInviteLinksRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CreateInviteLinksResponse:
+        channels = self.channel_access
+        user_id = _text("user_id", request.user_id, required=True)
+        reply = payments_pb2.CreateInviteLinksResponse()
+        seen: set[int] = set()
+        # The widest tiers first, so a chat is named after the tier that gives the most.
+        tiers = sorted(
+            (t for t in self.catalogue.tier_closure if self.catalogue.chats_of(t)),
+            key=lambda t: (-len(self.catalogue.tier_closure[t]), t),
+        )
+        for tier in tiers:
+            if not await channels.is_entitled(user_id, tier):
+                continue
+            for chat_id, link in sorted((await channels.invite_links_for(user_id, tier)).items()):
+                if chat_id not in seen:
+                    seen.add(chat_id)
+                    reply.links.add(chat_id=chat_id, invite_link=link, tier=tier)
+        return reply

@@ -201,3 +201,62 @@ telegram_users = Table(
     Column("unreachable_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Channel access (payments_service/channels.py). Who is in each chat, as the chat_member
+# updates (and our own approvals and removals) last told it: one row per chat and user.
+chat_members = Table(
+    "chat_members",
+    metadata,
+    Column("chat_id", BigInteger, nullable=False),
+    Column("telegram_user_id", BigInteger, nullable=False),
+    # Telegram's ChatMember status: creator, administrator, member, restricted, left, kicked.
+    Column("status", Text, nullable=False),
+    # The time of the update that said so: an older update never overwrites a newer one.
+    Column("observed_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("chat_id", "telegram_user_id", name="chat_members_pkey"),
+)
+
+# Join requests seen, with what was decided (pending until approved or declined).
+chat_join_requests = Table(
+    "chat_join_requests",
+    metadata,
+    Column("chat_id", BigInteger, nullable=False),
+    Column("telegram_user_id", BigInteger, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("invite_link", Text),
+    Column("decision", Text, nullable=False, server_default="pending"),
+    Column("decided_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("chat_id", "telegram_user_id", name="chat_join_requests_pkey"),
+)
+
+# Invite links made for one user and one chat (never handed to anyone else); the receipt
+# reads them. A link needs a join request, so a forwarded link lets no one else in.
+chat_invite_links = Table(
+    "chat_invite_links",
+    metadata,
+    Column("chat_id", BigInteger, nullable=False),
+    Column("telegram_user_id", BigInteger, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("invite_link", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("chat_id", "telegram_user_id", name="chat_invite_links_pkey"),
+    UniqueConstraint("invite_link", name="chat_invite_links_link_key"),
+)
+
+# Every approval, decline and removal, with its reason.
+chat_access_audit = Table(
+    "chat_access_audit",
+    metadata,
+    Column("id", BigInteger, Identity(), nullable=False),
+    Column("chat_id", BigInteger, nullable=False),
+    Column("telegram_user_id", BigInteger, nullable=False),
+    Column("user_id", Text),
+    # approved, declined, removed, invited
+    Column("action", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("id", name="chat_access_audit_pkey"),
+)
+Index("chat_access_audit_chat_idx", chat_access_audit.c.chat_id, chat_access_audit.c.id)

@@ -14,6 +14,7 @@ from typing import Any
 from paylayer.catalogue import Catalogue, Sku
 from payments_service import subscriptions
 from payments_service.intents import (
+    ChannelUpdate,
     Grant,
     Ignore,
     Intent,
@@ -27,6 +28,8 @@ from payments_service.subscriptions import from_epoch
 PROVIDER = "telegram"
 STARS = "XTR"
 MAX_PAYLOAD_BYTES = 128
+# Updates of the chats channel access keeps in step (payments_service/channels.py).
+CHANNEL_KINDS = ("chat_join_request", "chat_member")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ def update_kind(update: dict[str, Any]) -> str | None:
                 return kind
     if isinstance(update.get("subscription"), dict):
         return "subscription"
+    for kind in CHANNEL_KINDS:
+        if isinstance(update.get(kind), dict):
+            return kind
     return None
 
 
@@ -171,6 +177,8 @@ def interpret(update: dict[str, Any], catalogue: Catalogue) -> Intent:
             Payer(telegram_user_id=telegram_user_id),
             sku,
         )
+    if kind in CHANNEL_KINDS:
+        return ChannelUpdate(kind, update)
     return Ignore("update carries nothing payments acts on")
 
 

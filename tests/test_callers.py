@@ -118,6 +118,10 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
     "payments": [
         (ACCOUNTS + "ResolveUser", lambda: _resolve(create=True)),
         (ENTITLEMENTS + "GrantEntitlement", lambda: _stripe_grant(str(uuid.uuid4()))),
+        (
+            ENTITLEMENTS + "CheckEntitlements",
+            lambda: entitlements_pb2.CheckEntitlementsRequest(checks=[_check()]),
+        ),
     ],
     "accounts": [(ENTITLEMENTS + "CheckEntitlement", _check)],
     "bot": [
@@ -150,6 +154,7 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
     ],
     "payments": [
         (PAYMENTS + "ListEvents", _list_events),
+        (PAYMENTS + "ReconcileChannels", lambda: payments_pb2.ReconcileChannelsRequest()),
         (ENTITLEMENTS + "GrantEntitlement", lambda: _manual_grant(str(uuid.uuid4()))),
         (ACCOUNTS + "LinkAccount", lambda: accounts_pb2.LinkAccountRequest()),
     ],

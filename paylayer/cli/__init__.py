@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paylayer.cli import accounts, common, entitlements, local, messages, payments, trigger
+from paylayer.cli import (
+    accounts,
+    channels,
+    common,
+    entitlements,
+    local,
+    messages,
+    payments,
+    trigger,
+)
 from paylayer.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paylayer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (local, payments, messages, entitlements, accounts, trigger):
+    for module in (local, payments, messages, entitlements, accounts, trigger, channels):
         module.register(commands)
     payments.register_checkout(commands)
     return parser

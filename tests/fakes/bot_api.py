@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,11 @@ class FakeBotApi:
     blocked: set[int] = field(default_factory=set)
     # Per chat: seconds to wait before answering a sendMessage that went out (a slow answer).
     answer_late: dict[int, float] = field(default_factory=dict)
+    # Channel access: each chat's members, pending join requests and invite links.
+    chats: dict[int, FakeChat] = field(default_factory=dict)
+    # The next this many membership calls are refused with 429 (flood control).
+    membership_floods: int = 0
+    flood_retry_after: int = 1
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
 
@@ -54,6 +60,8 @@ class FakeBotApi:
         self.too_many_requests.clear()
         self.blocked.clear()
         self.answer_late.clear()
+        self.chats.clear()
+        self.membership_floods = 0
 
     def sent_to(self, chat_id: int) -> list[str]:
         """The texts a user has received, in order."""
@@ -70,6 +78,19 @@ class FakeBotApi:
         method = request.match_info["method"]
         params = await request.json()
         self.calls.append((method, params))
+        if method in MEMBERSHIP_METHODS:
+            if self.membership_floods > 0:
+                self.membership_floods -= 1
+                return web.json_response(
+                    {
+                        "ok": False,
+                        "error_code": 429,
+                        "description": f"Too Many Requests: retry after {self.flood_retry_after}",
+                        "parameters": {"retry_after": self.flood_retry_after},
+                    },
+                    status=429,
+                )
+            return membership_call(self.chats, method, params)
         if method == "createInvoiceLink":
             return web.json_response(
                 {"ok": True, "result": f"https://t.me/$invoice{len(self.calls)}"}
@@ -188,6 +209,142 @@ class FakeBotApi:
         if self._loop is not None and self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+# --- channel access: a membership model per chat --------------------------------------------
+
+MEMBERSHIP_METHODS = frozenset(
+    {
+        "createChatInviteLink",
+        "approveChatJoinRequest",
+        "declineChatJoinRequest",
+        "banChatMember",
+        "unbanChatMember",
+        "getChatMember",
+        "getChatAdministrators",
+    }
+)
+PRESENT = ("creator", "administrator", "member", "restricted")
+
+
+@dataclass
+class FakeChat:
+    """One channel or supergroup the bot administers, as Telegram keeps it."""
+
+    chat_id: int
+    # user id -> creator, administrator, member, restricted, left or kicked
+    status: dict[int, str] = field(default_factory=dict)
+    pending: set[int] = field(default_factory=set)
+    # invite link -> its ChatInviteLink object
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def members(self) -> set[int]:
+        """Everyone in the chat, admins included."""
+        return {user for user, status in self.status.items() if status in PRESENT}
+
+    @property
+    def admins(self) -> set[int]:
+        return {user for user, status in self.status.items() if status in PRESENT[:2]}
+
+    def request_join(self, user_id: int, invite_link: str) -> None:
+        """The user opens an invite link that needs approval: a pending join request."""
+        link = self.links.get(invite_link)
+        if link is None or not link["creates_join_request"]:
+            raise ValueError("not a join-request link of this chat")
+        if self.status.get(user_id) == "kicked":
+            raise ValueError("a banned user cannot ask to join")
+        self.pending.add(user_id)
+
+
+def add_chat(
+    chats: dict[int, FakeChat], chat_id: int, owner: int, admins: tuple[int, ...] = ()
+) -> FakeChat:
+    chat = FakeChat(chat_id, {owner: "creator", **dict.fromkeys(admins, "administrator")})
+    chats[chat_id] = chat
+    return chat
+
+
+def _ok(result: Any) -> web.Response:
+    return web.json_response({"ok": True, "result": result})
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def membership_call(
+    chats: dict[int, FakeChat], method: str, params: dict[str, Any]
+) -> web.Response:
+    """The membership methods, as strict as Telegram documents them."""
+    chat = chats.get(params.get("chat_id")) if _whole(params.get("chat_id")) else None
+    if chat is None:
+        return _bad_request("chat not found")
+    if method == "createChatInviteLink":
+        known = {"chat_id", "name", "expire_date", "member_limit", "creates_join_request"}
+        if set(params) - known:
+            return _bad_request(f"unknown parameters {sorted(set(params) - known)}")
+        name = params.get("name", "")
+        if not isinstance(name, str) or len(name) > 32:
+            return _bad_request("invite link name is too long")
+        creates = params.get("creates_join_request", False)
+        if not isinstance(creates, bool):
+            return _bad_request("creates_join_request must be a Boolean")
+        if creates and params.get("member_limit") is not None:
+            return _bad_request("member_limit can't be specified with creates_join_request")
+        url = f"https://t.me/+{secrets.token_urlsafe(12)}"
+        link = {
+            "invite_link": url,
+            "creator": {"id": 1, "is_bot": True, "first_name": "Paylayer"},
+            "creates_join_request": creates,
+            "is_primary": False,
+            "is_revoked": False,
+            "name": name,
+        }
+        chat.links[url] = link
+        return _ok(link)
+    if method == "getChatAdministrators":
+        return _ok(
+            [
+                {"status": chat.status[user], "user": {"id": user, "is_bot": False}}
+                for user in sorted(chat.admins)
+            ]
+        )
+    user_id = params.get("user_id")
+    if not _whole(user_id):
+        return _bad_request("invalid user_id specified")
+    status = chat.status.get(user_id, "left")
+    if method in ("approveChatJoinRequest", "declineChatJoinRequest"):
+        if user_id not in chat.pending:
+            if method == "approveChatJoinRequest" and status in PRESENT:
+                return _bad_request("USER_ALREADY_PARTICIPANT")
+            return _bad_request("HIDE_REQUESTER_MISSING")
+        chat.pending.discard(user_id)
+        if method == "approveChatJoinRequest":
+            chat.status[user_id] = "member"
+        return _ok(True)
+    if method == "banChatMember":
+        if status == "creator":
+            return _bad_request("can't remove chat owner")
+        if status == "administrator":
+            return _bad_request("user is an administrator of the chat")
+        if status not in PRESENT:
+            return _bad_request("USER_NOT_PARTICIPANT")
+        chat.status[user_id] = "kicked"
+        return _ok(True)
+    if method == "unbanChatMember":
+        if status in PRESENT[:2]:
+            return _bad_request("user is an administrator of the chat")
+        only_if_banned = params.get("only_if_banned", False)
+        if status == "kicked":
+            chat.status[user_id] = "left"
+        elif status in PRESENT and not only_if_banned:
+            # Documented: without only_if_banned, a member is removed from the chat.
+            chat.status[user_id] = "left"
+        return _ok(True)
+    if method == "getChatMember":
+        return _ok({"status": status, "user": {"id": user_id, "is_bot": False}})
+    return _bad_request("method not modelled")
 
 
 # Update types allowed_updates may name (the Update object's optional fields). Stricter than
