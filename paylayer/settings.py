@@ -257,7 +257,7 @@ class Settings:
             shutdown_grace_seconds=_seconds(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),
-            payments_outbox_lease_seconds=_seconds(env, "PAYMENTS_OUTBOX_LEASE_SECONDS", 60.0),
+            payments_outbox_lease_seconds=_period(env, "PAYMENTS_OUTBOX_LEASE_SECONDS", 60.0),
             channels_reconcile_seconds=_period(env, "CHANNELS_RECONCILE_SECONDS", 30.0),
             snapshot_history_days=_whole_number(env, "SNAPSHOT_HISTORY_DAYS", 90),
             console_addr=env.get("CONSOLE_ADDR", "").strip() or DEFAULT_ADDRS["console"],

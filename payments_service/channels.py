@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ import grpc
 from paylayer.catalogue import Catalogue
 from payments_service.bot_api import BotApi, BotApiError
 from payments_service.channel_store import ADMINS, PRESENT, REMOVING, ChannelStore, Member
+from payments_service.downstream import Retryable
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 
@@ -43,6 +45,10 @@ GLOBAL_CALLS_PER_SECOND = 30.0
 CHAT_CALLS_PER_SECOND = 10.0
 # A Bot API call refused with 429 is tried again after retry_after, this many times at most.
 MAX_FLOOD_RETRIES = 5
+# An inbox worker waits out at most this much flood control for a chat update; longer, the
+# update is retried later, so purchases and refunds are never held up behind it.
+MAX_INBOX_WAIT_SECONDS = 5.0
+_IN_INBOX: ContextVar[bool] = ContextVar("channel_update_from_inbox", default=False)
 # Checks per CheckEntitlements call, and removals under way at once (the limiter paces them).
 CHECK_BATCH = 1000
 REMOVALS_AT_ONCE = 8
@@ -89,6 +95,10 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def paused_for(self) -> float:
+        """Seconds left of a flood-control pause (0 when none)."""
+        return max(0.0, self._paused_until - time.monotonic())
 
     async def acquire(self, chat_id: int | None) -> None:
         # One at a time through the buckets, so waiters are served in order.
@@ -138,9 +148,12 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _when(value: Any) -> datetime:
+    """An update's time, never later than now: a date in the future (skew, or a forged
+    update) would otherwise make every true update after it look older and be ignored."""
+    now = datetime.now(UTC)
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 253_402_300_799:
-        return datetime.fromtimestamp(value, UTC)
-    return datetime.now(UTC)
+        return min(datetime.fromtimestamp(value, UTC), now)
+    return now
 
 
 class ChannelAccess:
@@ -172,6 +185,8 @@ class ChannelAccess:
 
     async def _call(self, method: str, chat_id: int, **params: Any) -> Any:
         for attempt in range(MAX_FLOOD_RETRIES + 1):
+            if _IN_INBOX.get() and self.limiter.paused_for() > MAX_INBOX_WAIT_SECONDS:
+                raise Retryable("Telegram's flood control: the chat update is retried later")
             await self.limiter.acquire(chat_id)
             self.bot_api_calls += 1
             try:
@@ -246,12 +261,19 @@ class ChannelAccess:
     # --- updates from the chats ----------------------------------------------------------------
 
     async def handle_update(self, kind: str, update: dict[str, Any]) -> str:
-        """Act on a chat_join_request or chat_member update; returns a note ("" when acted)."""
-        if kind == "chat_join_request":
-            return await self._join_request(update.get("chat_join_request"))
-        if kind == "chat_member":
-            return await self._member_update(update.get("chat_member"))
-        return f"not a channel update: {kind}"
+        """Act on a chat_join_request or chat_member update; returns a note ("" when acted).
+
+        Called by an inbox worker: a long flood-control wait raises Retryable instead, so the
+        update goes back to the inbox with backoff and the worker moves on to payments."""
+        token = _IN_INBOX.set(True)
+        try:
+            if kind == "chat_join_request":
+                return await self._join_request(update.get("chat_join_request"))
+            if kind == "chat_member":
+                return await self._member_update(update.get("chat_member"))
+            return f"not a channel update: {kind}"
+        finally:
+            _IN_INBOX.reset(token)
 
     async def _member_update(self, change: Any) -> str:
         if not isinstance(change, dict):

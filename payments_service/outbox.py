@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)  # longer than a send's calls (10 s each at most)
 MAX_ATTEMPTS = 10
-BATCH_SIZE = 20
 # Sends in flight at once per sender: each holds a database connection at times, and the pool
 # is shared with the inbox workers (past its size, each checkout would open a connection).
 CONCURRENT_SENDS = 5
+# Claimed no more than can be sent at once: a claimed row's lease never runs out while it
+# waits for a free slot.
+BATCH_SIZE = CONCURRENT_SENDS
 # Kinds that announce an end of access.
 REMINDER_KINDS = frozenset(rules.REMINDER_KINDS)
 
@@ -62,11 +64,25 @@ async def write(connection: AsyncConnection, rows: Sequence[rules.Message]) -> N
     of an earlier one (stacked grants remind only before the last one ends)."""
     if not rows:
         return
-    statement = insert(messages).on_conflict_do_nothing(constraint="messages_dedupe_key_key")
-    await connection.execute(
-        statement,
-        [{**row.row(), "due_at": row.due_at or datetime.now(UTC)} for row in rows],
-    )
+    values = [{**row.row(), "due_at": row.due_at or datetime.now(UTC)} for row in rows]
+    once = [v for v, row in zip(values, rows, strict=True) if row.kind not in REMINDER_KINDS]
+    reminders = [v for v, row in zip(values, rows, strict=True) if row.kind in REMINDER_KINDS]
+    if once:
+        await connection.execute(
+            insert(messages).on_conflict_do_nothing(constraint="messages_dedupe_key_key"), once
+        )
+    if reminders:
+        # An end can come back (a refund of the grant stacked on top of it): its reminders,
+        # superseded meanwhile, are due again. One already sent stays sent.
+        statement = insert(messages)
+        await connection.execute(
+            statement.on_conflict_do_update(
+                constraint="messages_dedupe_key_key",
+                set_={"status": "pending", "error": "", "due_at": statement.excluded.due_at},
+                where=messages.c.status == "superseded",
+            ),
+            reminders,
+        )
     for row in rows:
         if row.kind == "revoked" and row.params.get("tier"):
             # Access was taken back: when it now ends is read again as the notice is sent.
@@ -246,8 +262,27 @@ class Sender:
                 .values(claimed_until=None, **values)
             )
 
+    async def _renew(self, message_id: int) -> bool:
+        """A fresh lease for the send itself; False when the row is no longer this sender's."""
+        async with self._single.connect() as connection:
+            renewed = await connection.execute(
+                update(messages)
+                .where(_mine(message_id, self._worker))
+                .values(claimed_until=func.now() + self._lease)
+                .returning(messages.c.id)
+            )
+            return renewed.first() is not None
+
     async def _send_bounded(self, row: Any) -> None:
         async with self._in_flight:
+            pause = self._paused_until - asyncio.get_running_loop().time()
+            if pause > 0:
+                # Telegram asked us to wait (a 429 to another send of this batch): back in the
+                # queue for then, rather than a send certain to be refused.
+                await self._retry_later(
+                    row, "waiting out Telegram's flood control", timedelta(seconds=pause)
+                )
+                return
             await self._send(row)
 
     async def _send(self, row: Any) -> None:
@@ -280,7 +315,12 @@ class Sender:
                 )
             ).first()
         if known is not None and known.unreachable_at is not None:
-            await self._settle(row.id, status="unreachable", error="the user blocked the bot")
+            await self._settle(
+                row.id,
+                status="unreachable",
+                error="the user blocked the bot",
+                telegram_user_id=chat_id,
+            )
             return
         language = (known.language_code if known is not None else "") or row.language
         values = {
@@ -309,6 +349,11 @@ class Sender:
                 return
             link = await self._renewal_link(row, chat_id)
         text = self.texts.render(kind, language, values, link=link, extra_lines=extra_lines)
+        if not await self._renew(row.id):
+            # Preparing took longer than the lease, and another sender has since marked it:
+            # it is not ours to send any more.
+            log.warning("message %d: lease lost before sending; left as marked", row.id)
+            return
         try:
             message_id = await self.bot.send_message(chat_id, text)
         except BotApiError as error:
@@ -470,7 +515,12 @@ class Sender:
                     or_(messages.c.telegram_user_id == chat_id, messages.c.user_id == row.user_id),
                     messages.c.status == "pending",
                 )
-                .values(status="unreachable", error="the user blocked the bot")
+                # Whom to write to again is kept with each, for an operator's retry.
+                .values(
+                    status="unreachable",
+                    error="the user blocked the bot",
+                    telegram_user_id=chat_id,
+                )
             )
         MESSAGES_UNREACHABLE.inc()
         log.info("message %d: the user blocked the bot; no more messages to them", row.id)

@@ -224,6 +224,52 @@ async def test_stacked_grants_remind_only_before_the_last_one_ends(
     assert len(bot_api.sent_to(buyer)) == 2  # the two receipts, nothing else
 
 
+async def test_refunding_the_grant_on_top_brings_back_the_reminders_of_the_first_end(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    catalogue: Catalogue,
+    engine: AsyncEngine,
+) -> None:
+    buyer = new_buyer()
+    first = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
+    await pay(http, stack, engine, first)
+    user_id = await user_of_telegram(stack, buyer)
+
+    def pending_ends(rows: list[Any]) -> set[int]:
+        return {
+            round(r.ends_at.timestamp())
+            for r in rows
+            if r.kind == "reminder_3d" and r.status == "pending"
+        }
+
+    rows = await eventually(
+        lambda: outbox_of(engine, user_id), lambda rows: bool(pending_ends(rows))
+    )
+    (first_end,) = pending_ends(rows)
+    on_top = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
+    await pay(http, stack, engine, on_top)
+    await eventually(
+        lambda: outbox_of(engine, user_id),
+        lambda rows: bool(pending_ends(rows)) and first_end not in pending_ends(rows),
+    )
+    charge = on_top["message"]["successful_payment"]["telegram_payment_charge_id"]
+    refund = telegram_update(
+        "refund", catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
+    )
+    await pay(http, stack, engine, refund)
+    # Access ends at the first end again, and so do the reminders waiting to go out.
+    rows = await eventually(
+        lambda: outbox_of(engine, user_id),
+        lambda rows: (
+            any(r.kind == "revoked" and r.status == "sent" for r in rows)
+            and bool(pending_ends(rows))
+        ),
+    )
+    assert pending_ends(rows) == {first_end}
+    kinds = {r.kind for r in rows if r.status == "pending" and r.ends_at is not None}
+    assert kinds == {"reminder_3d", "reminder_1d", "ended"}
+
+
 async def test_a_refund_tells_the_buyer(
     stack: Stack,
     http: aiohttp.ClientSession,
