@@ -32,6 +32,8 @@ from tests.payments.helpers import (
 from tests.payments.test_telegram import key_of
 from tests.stack import Stack
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture(scope="module")
 def crash_database_url(admin_database_url: str) -> Iterator[str]:
