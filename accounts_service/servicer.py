@@ -11,6 +11,7 @@ import grpc
 from accounts_service import wire
 from accounts_service.store import LinkableKind
 from accounts_service.use_cases import Accounts, Lookup, Resolved
+from paylayer import validation
 from paylayer.callers import caller_var
 from paylayer.errors import DomainError, InvalidArgument
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
@@ -112,8 +113,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServiceServicer):
     ) -> accounts_pb2.ListAccountSnapshotsResponse:
         if not 0 <= request.limit <= MAX_HISTORY_POINTS:
             raise InvalidArgument(f"limit must be between 0 and {MAX_HISTORY_POINTS}")
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
-        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        since = validation.moment("since", request.since) if request.HasField("since") else None
+        until = validation.moment("until", request.until) if request.HasField("until") else None
         if since and until and since >= until:
             raise InvalidArgument("since must be before until")
         if request.max_points < 0:

@@ -212,6 +212,10 @@ async def test_history_of_an_unlinked_account_or_bad_range_is_refused(accounts: 
     with pytest.raises(grpc.aio.AioRpcError) as too_many:
         await history(accounts, login, server, limit=10_001)
     assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A time past what a datetime can hold is a bad argument, never an internal error.
+    with pytest.raises(grpc.aio.AioRpcError) as far:
+        await history(accounts, login, server, since=Timestamp(seconds=10**12))
+    assert far.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_history_thinned_to_max_points_keeps_each_stretchs_deepest_drawdown(
