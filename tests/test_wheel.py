@@ -60,8 +60,8 @@ def empty_database(admin_database_url: str) -> Iterator[str]:
 def installed_services(
     python: str, env: dict[str, str], addrs: dict[str, str], folder: Path
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The four services as `python -m <module>` of the installed package, logs in `folder`;
-    SIGTERM (then a kill, if need be) on the way out."""
+    """The four services and the console as `python -m <module>` of the installed package,
+    logs in `folder`; SIGTERM (then a kill, if need be) on the way out."""
     children: list[subprocess.Popen[bytes]] = []
     try:
         for service, module in MODULES.items():
@@ -126,7 +126,7 @@ def test_the_installed_wheel_migrates_and_runs_the_stack_from_elsewhere(
             time.sleep(0.5)
         assert health.stdout.split() == [
             "accounts", "SERVING", "entitlements", "SERVING", "payments", "SERVING",
-            "gateway", "READY",
+            "gateway", "READY", "console", "READY",
         ]  # fmt: skip
     # Each stopped cleanly on SIGTERM.
-    assert [child.returncode for child in children] == [0, 0, 0, 0]
+    assert [child.returncode for child in children] == [0] * len(MODULES)
