@@ -11,7 +11,9 @@ Prints JSON with:
   receipt to the last grant, from the inbox's own timestamps), the drain time after the last
   receipt, receipt-to-applied p50/p99/max, and whether grants equal unique events;
 - steady: purchases sent at a fixed rate, receipt-to-applied p50/p99/max;
-- single: one purchase at a time, from its 200 until CheckEntitlement says yes, p50/p99.
+- single: one purchase at a time, from its 200 until CheckEntitlement says yes, p50/p99;
+- cpu_ms_per_event, for the floor and the burst: CPU per unique event in each process and in
+  PostgreSQL's backends. With every core busy, the rates stand in the inverse ratio of these.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from benchmarks.check import drive
+from benchmarks.check import drive, server_cpu_seconds
 from benchmarks.harness import bench_settings, fresh_database, plain, running_stack
 from benchmarks.webhooks import deliveries, send_all, wait_http
 from paylayer.catalogue import load_catalogue
@@ -54,6 +56,62 @@ def spread_ms(values: list[float]) -> dict[str, float]:
         "p99_ms": round(percentile(values, 0.99) * 1000, 1),
         "max_ms": round(max(values) * 1000, 1),
     }
+
+
+async def database_backends(database_url: str) -> list[int]:
+    """The server processes serving this database's connections (pools persist across a run)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    return [row["pid"] for row in rows]
+
+
+class CpuMeter:
+    """CPU seconds spent by named processes and by PostgreSQL's backends between `start` and
+    `stop`: on a machine whose cores are all busy, what each event costs in CPU is what sets
+    the rate, so this says where the gap to the floor is."""
+
+    def __init__(self, database_url: str, processes: dict[str, int]) -> None:
+        self._database_url = database_url
+        self._processes = processes
+        self._before: dict[str, float] = {}
+        self._backends_before: dict[int, float] = {}
+
+    @staticmethod
+    def _cpu(pid: int) -> float | None:
+        try:
+            return server_cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return None
+
+    def start(self) -> None:
+        self._before = {name: self._cpu(pid) or 0.0 for name, pid in self._processes.items()}
+        backends = asyncio.run(database_backends(self._database_url))
+        self._backends_before = {pid: self._cpu(pid) or 0.0 for pid in backends}
+
+    def stop(self, events: int) -> dict[str, float]:
+        """CPU milliseconds per event, per process and for PostgreSQL; a backend that ended
+        during the run is not counted, so PostgreSQL's figure is a floor."""
+        spent = {
+            name: (self._cpu(pid) or 0.0) - self._before[name]
+            for name, pid in self._processes.items()
+        }
+        postgres = 0.0
+        for pid in set(asyncio.run(database_backends(self._database_url))) | set(
+            self._backends_before
+        ):
+            now = self._cpu(pid)
+            if now is not None:
+                postgres += now - self._backends_before.get(pid, 0.0)
+        spent["postgres"] = postgres
+        per_event = {name: round(seconds * 1000 / events, 3) for name, seconds in spent.items()}
+        per_event["total"] = round(sum(spent.values()) * 1000 / events, 3)
+        return per_event
 
 
 async def applied(database_url: str, event_ids: list[str], within: float = 300) -> dict[str, Any]:
@@ -303,8 +361,11 @@ def main() -> None:
 
                 before = asyncio.run(floor_grants(plain(database_url)))
                 floor_work = deliveries(args.events, secret, args.duplicates)
-                floor = asyncio.run(send_all(floor_url, floor_work, args.concurrency))
                 floor_unique = len({e for e, _, _ in floor_work})
+                floor_cpu = CpuMeter(plain(database_url), {"floor": floor_process.pid})
+                floor_cpu.start()
+                floor = asyncio.run(send_all(floor_url, floor_work, args.concurrency))
+                floor["cpu_ms_per_event"] = floor_cpu.stop(floor_unique)
                 floor["grants"] = asyncio.run(floor_grants(plain(database_url))) - before
                 # The floor grants as it acknowledges: its apply rate is its unique events over
                 # the whole burst.
@@ -314,10 +375,15 @@ def main() -> None:
                 results["floor"] = floor
 
                 burst_work = deliveries(args.events, secret, args.duplicates)
-                burst = asyncio.run(send_all(stack_url, burst_work, args.concurrency))
-                burst["applied"] = asyncio.run(
-                    applied(plain(database_url), sorted({e for e, _, _ in burst_work}))
+                burst_unique = sorted({e for e, _, _ in burst_work})
+                stack_cpu = CpuMeter(
+                    plain(database_url),
+                    {name: process.pid for name, process in stack.processes.items()},
                 )
+                stack_cpu.start()
+                burst = asyncio.run(send_all(stack_url, burst_work, args.concurrency))
+                burst["applied"] = asyncio.run(applied(plain(database_url), burst_unique))
+                burst["cpu_ms_per_event"] = stack_cpu.stop(len(burst_unique))
                 results["burst"] = burst
 
                 steady_ids = asyncio.run(
