@@ -26,7 +26,9 @@ import random
 import secrets
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -43,6 +45,15 @@ from paylayer.ops.stack import Stack
 from paylayer.settings import DEFAULT_CATALOGUE_PATH
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+from tests.fakes.bot_api import FakeBotApi
+
+
+def serve_bot_api(port: int, token: str) -> None:
+    """A local Bot API in a process of its own: receipts are sent as they would be to Telegram,
+    not retried against an address that cannot be reached, and the fake's CPU is not the
+    senders'."""
+    FakeBotApi(token=token, port=port).start()
+    threading.Event().wait()
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -336,7 +347,13 @@ def main() -> None:
 
     results: dict[str, Any] = {"events": args.events, "concurrency": args.concurrency}
     with fresh_database() as database_url:
+        bot_api_port = free_port()
         settings = bench_settings(database_url)
+        settings = replace(settings, telegram_api_base=f"http://127.0.0.1:{bot_api_port}")
+        bot_api = multiprocessing.get_context("spawn").Process(
+            target=serve_bot_api, args=(bot_api_port, settings.telegram_bot_token), daemon=True
+        )
+        bot_api.start()
         secret = settings.stripe_webhook_secrets[0]
         if args.old_events or args.old_users:
             results["seeded"] = asyncio.run(
