@@ -26,8 +26,6 @@ from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 MAX_URL = 2048
 EVENTS_PAGE = 100
-# A reconcile records at most this many events per call; run it again for the rest.
-MAX_RECONCILED = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,16 @@ def _url(name: str, given: str, fallback: str, *, required: bool) -> str:
 def idempotency_key(*parts: str) -> str:
     """Stripe's Idempotency-Key for a call made of these parts: the same parts, the same key."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+
+
+def observed_state(row: dict[str, Any]) -> str:
+    """The subscription as we last recorded it, for the key of a call that changes it: a retry
+    made from the same state (Stripe did it, but the answer was lost) is the same request and
+    replays; a call made after any change since (a resume, a webhook) is a new one. A fixed
+    key would make a cancel after a resume replay the first cancel and do nothing."""
+    return "|".join(
+        (row["status"], str(row["cancel_at_period_end"]), row["updated_at"].isoformat())
+    )
 
 
 def line_item(sku: Sku) -> dict[str, Any]:
@@ -200,25 +208,24 @@ class Checkout:
             return await self._edit_stars(row, canceled=True)
         if row["status"] in subscriptions.FINAL_STATUSES:
             raise FailedPrecondition(f"the subscription has already ended ({row['status']})")
+        state = observed_state(row)
         if at_period_end:
+            key = idempotency_key("cancel", subscription_id, "end", state)
             updated = await self.stripe.call(
                 "subscription update",
                 lambda: self.stripe.v1.subscriptions.update_async(
-                    subscription_id,
-                    {"cancel_at_period_end": True},
-                    {"idempotency_key": idempotency_key("cancel", subscription_id, "end")},
+                    subscription_id, {"cancel_at_period_end": True}, {"idempotency_key": key}
                 ),
             )
-            return await self._record_subscription(updated, "customer.subscription.updated")
+            return await self._record_subscription(updated, "customer.subscription.updated", key)
+        key = idempotency_key("cancel", subscription_id, "now", state)
         canceled = await self.stripe.call(
             "subscription cancel",
             lambda: self.stripe.v1.subscriptions.cancel_async(
-                subscription_id,
-                None,
-                {"idempotency_key": idempotency_key("cancel", subscription_id, "now")},
+                subscription_id, None, {"idempotency_key": key}
             ),
         )
-        return await self._record_subscription(canceled, "customer.subscription.deleted")
+        return await self._record_subscription(canceled, "customer.subscription.deleted", key)
 
     async def resume(self, user_id: str, provider: str, subscription_id: str) -> dict[str, Any]:
         row = await self._owned(user_id, provider, subscription_id)
@@ -226,19 +233,26 @@ class Checkout:
             return await self._edit_stars(row, canceled=False)
         if row["status"] in subscriptions.FINAL_STATUSES:
             raise FailedPrecondition("an ended Stripe subscription cannot be resumed")
+        key = idempotency_key("resume", subscription_id, observed_state(row))
         updated = await self.stripe.call(
             "subscription update",
             lambda: self.stripe.v1.subscriptions.update_async(
-                subscription_id, {"cancel_at_period_end": False}
+                subscription_id, {"cancel_at_period_end": False}, {"idempotency_key": key}
             ),
         )
-        return await self._record_subscription(updated, "customer.subscription.updated")
+        return await self._record_subscription(updated, "customer.subscription.updated", key)
 
-    async def _record_subscription(self, subscription: Any, event_type: str) -> dict[str, Any]:
+    async def _record_subscription(
+        self, subscription: Any, event_type: str, request_key: str
+    ) -> dict[str, Any]:
         """What Stripe answered, applied now as the event it will also send: the caller sees
-        the change at once, and the webhook, when it comes, changes nothing more."""
+        the change at once, and the webhook, when it comes, changes nothing more. Keyed by the
+        request too: a second cancel after a resume may get an answer identical to the first
+        one's (the same second), and must still be recorded; a replayed retry is not."""
         obj: dict[str, Any] = subscription.last_response.data
-        event_id = "paylayer_" + idempotency_key(event_type, json.dumps(obj, sort_keys=True))
+        event_id = "paylayer_" + idempotency_key(
+            event_type, request_key, json.dumps(obj, sort_keys=True)
+        )
         event = {
             "id": event_id,
             "object": "event",
@@ -267,7 +281,12 @@ class Checkout:
         update = telegram_updates.subscription_update(
             telegram_user_id, row["sku"], "canceled" if canceled else "active", int(time.time())
         )
-        key = telegram_updates.event_key(update, "subscription")
+        # The state it was made from tells a cancel after a resume (the same second) apart.
+        key = (
+            telegram_updates.event_key(update, "subscription")
+            + ":"
+            + idempotency_key(observed_state(row))[:12]
+        )
         return await self._apply_own("telegram", key, "subscription", update, subscription_id)
 
     async def _apply_own(
@@ -304,19 +323,22 @@ class Checkout:
             raise FailedPrecondition(
                 "the payment that paid this invoice is not known yet; refund it by its intent"
             )
+        # A retry before the refund's webhook is the same refund; after a refund recorded since
+        # (a partial one from the dashboard), "refund the rest" is a new request.
+        key = idempotency_key("refund", target, str(payment["amount_refunded"]))
         await self.stripe.call(
             "refund",
-            lambda: self.stripe.v1.refunds.create_async(
-                params, {"idempotency_key": idempotency_key("refund", target)}
-            ),
+            lambda: self.stripe.v1.refunds.create_async(params, {"idempotency_key": key}),
         )
 
     async def reconcile_stripe(self, since: datetime) -> tuple[int, int]:
-        """Page through Stripe's events since `since` (newest first) and record the missing
-        ones under their own ids, the webhook's key: a second run records nothing."""
+        """Page through all of Stripe's events since `since` (newest first, to the last page)
+        and record the missing ones under their own ids, the webhook's key: a second run records
+        nothing. There is no cap: Stripe lists only the last 30 days, and a run that stopped at
+        a cap would see the same newest events again next time, never the older ones."""
         seen = recorded = 0
         params: dict[str, Any] = {"created": {"gte": int(since.timestamp())}, "limit": EVENTS_PAGE}
-        while seen < MAX_RECONCILED:
+        while True:
             page = await self.stripe.call(
                 "event list", lambda: self.stripe.v1.events.list_async(dict(params))
             )
@@ -332,6 +354,5 @@ class Checkout:
                     recorded += 1
                     self.processor.kick()
             if not raw.get("has_more") or not events:
-                break
+                return seen, recorded
             params["starting_after"] = events[-1]["id"]
-        return seen, recorded

@@ -11,6 +11,7 @@ Stripe's shapes. It runs in a thread of its own and records every request.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import secrets
@@ -318,6 +319,22 @@ class FakeStripe:
         self.charges[charge["id"]] = charge
         return charge
 
+    def add_price(
+        self, unit_amount: int, currency: str = "usd", *, interval: str | None = None
+    ) -> str:
+        """A Price made in the dashboard, for a sku that names it (`stripe_price_id`)."""
+        price_id = _id("price")
+        self.prices[price_id] = {
+            "id": price_id,
+            "object": "price",
+            "active": True,
+            "currency": currency,
+            "unit_amount": unit_amount,
+            "recurring": {"interval": interval, "interval_count": 1} if interval else None,
+            "type": "recurring" if interval else "one_time",
+        }
+        return price_id
+
     def add_subscription(self, subscription: dict[str, Any]) -> None:
         self.subscriptions[subscription["id"]] = subscription
 
@@ -369,7 +386,8 @@ class FakeStripe:
                 if error.status < 500:
                     self._idempotent[key] = (fingerprint, error.status, error.body)
                 raise
-            self._idempotent[key] = (fingerprint, status, answer)
+            # Stripe replays the answer as first sent, not the object as it is by then.
+            self._idempotent[key] = (fingerprint, status, copy.deepcopy(answer))
             return web.json_response(answer, status=status)
         return web.json_response(self._route(request.method, request.path, raw))
 

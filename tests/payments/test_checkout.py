@@ -4,7 +4,9 @@ refunds and reconcile; subscriptions on both channels, with access checked at ev
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 import random
 import secrets
 import subprocess
@@ -17,22 +19,26 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.grpc_client import open_channel
 from paylayer.ops.factories import stripe_event, telegram_update
-from paylayer.settings import Settings
+from paylayer.settings import REPO_ROOT, Settings
+from payments_service.tables import inbox
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.conftest import KNOWN_SECRETS, running_stack
 from tests.fakes.bot_api import FakeBotApi
-from tests.fakes.stripe_api import FakeStripe
+from tests.fakes.stripe_api import FakeStripe, Recorded
 from tests.payments.helpers import (
     DAY,
     check,
+    event_statuses,
     new_buyer,
     post_stripe,
     post_telegram,
@@ -42,6 +48,8 @@ from tests.payments.helpers import (
 from tests.stack import Stack
 
 SUCCESS_URL = "https://bot.example/paid"
+# A monthly sku sold by a Price made at Stripe (`stripe_price_id`), not by inline price data.
+PRICED_SKU = "premium_monthly_by_price"
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +65,16 @@ def stripe_api() -> Iterator[FakeStripe]:
 def stripe_stack(
     settings: Settings, stripe_api: FakeStripe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
+    raw = yaml.safe_load((REPO_ROOT / "tests" / "catalogue.yaml").read_text())
+    price_id = stripe_api.add_price(1900, "usd", interval="month")
+    raw["skus"][PRICED_SKU] = {**raw["skus"]["premium_monthly"], "stripe_price_id": price_id}
+    catalogue_path = tmp_path_factory.mktemp("stripe-catalogue") / "catalogue.yaml"
+    catalogue_path.write_text(yaml.safe_dump(raw))
     extra = {
         "STRIPE_API_BASE": stripe_api.base_url,
         "STRIPE_API_KEY": stripe_api.api_key,
         "CHECKOUT_SUCCESS_URL": SUCCESS_URL,
+        "CATALOGUE_PATH": str(catalogue_path),
     }
     log_dir: Path = tmp_path_factory.mktemp("stripe-stack-logs")
     with running_stack(settings, log_dir, extra_env=extra) as running:
@@ -93,6 +107,11 @@ async def deliver(
     status, _ = await post_stripe(http, stack, event)
     assert status == 200
     return (await wait_settled(engine, "stripe", [event["id"]]))[event["id"]]
+
+
+def idempotency_key_of(request: Recorded) -> str:
+    """The Idempotency-Key a request carried ("" without one), however its case was sent."""
+    return next((v for k, v in request.headers.items() if k.lower() == "idempotency-key"), "")
 
 
 def event_of(event_type: str, obj: dict[str, Any], created: int | None = None) -> dict[str, Any]:
@@ -133,7 +152,9 @@ async def test_a_checkout_link_paid_grants_once_to_the_buyer_and_remembers_the_c
     )
     assert reply.url.startswith("https://checkout.stripe.com/")
     user_id = await user_of_telegram(stripe_stack, buyer)
-    sent = stripe_api.seen("POST", "/v1/checkout/sessions")[-1].params
+    made = stripe_api.seen("POST", "/v1/checkout/sessions")[-1]
+    sent = made.params
+    assert idempotency_key_of(made)
     expected_metadata = {"user_id": user_id, "telegram_user_id": str(buyer), "sku": "premium_30d"}
     assert sent["mode"] == "payment" and sent["client_reference_id"] == user_id
     assert sent["metadata"] == sent["payment_intent_data"]["metadata"] == expected_metadata
@@ -190,10 +211,104 @@ async def test_a_retried_call_makes_one_session_and_a_new_request_another(
         request, metadata=(("x-request-id", "bot-" + secrets.token_hex(6)),)
     )
     assert other.session_id != first.session_id
-    sent = stripe_api.seen("POST", "/v1/checkout/sessions")[-1].params
+    made = stripe_api.seen("POST", "/v1/checkout/sessions")[-3:]
+    keys = [idempotency_key_of(r) for r in made]
+    assert keys[0] and keys[0] == keys[1] != keys[2]
+    sent = made[-1].params
     assert sent["mode"] == "subscription" and "payment_intent_data" not in sent
     assert sent["subscription_data"]["metadata"]["sku"] == "premium_monthly"
     assert sent["line_items"]["0"]["price_data"]["recurring"] == {"interval": "month"}
+
+
+@pytest.mark.parametrize("sku", ["premium_monthly", PRICED_SKU])
+async def test_a_subscription_checkout_paid_grants_once_to_the_buyer(
+    sku: str,
+    stripe_stack: Stack,
+    stripe_api: FakeStripe,
+    payments: payments_pb2_grpc.PaymentsServiceStub,
+    http: aiohttp.ClientSession,
+    engine: AsyncEngine,
+    catalogue: Catalogue,
+) -> None:
+    buyer = new_buyer()
+    reply = await payments.CreateCheckoutSession(
+        payments_pb2.CreateCheckoutSessionRequest(
+            telegram_user_id=buyer, sku=sku, success_url=SUCCESS_URL
+        )
+    )
+    user_id = await user_of_telegram(stripe_stack, buyer)
+    made = stripe_api.seen("POST", "/v1/checkout/sessions")[-1]
+    sent, line = made.params, made.params["line_items"]["0"]
+    assert idempotency_key_of(made) and sent["mode"] == "subscription"
+    price_id = catalogue.skus[sku].stripe_price_id
+    if price_id:  # the Price made at Stripe, never inline data beside it
+        assert price_id in stripe_api.prices
+        assert line == {"price": price_id, "quantity": "1"}
+    else:
+        assert "price" not in line and line["price_data"]["recurring"] == {"interval": "month"}
+
+    # The user pays: Stripe makes the subscription, carrying the metadata the session asked
+    # for, and its first invoice; the events come as Stripe sends them (API basil).
+    metadata = sent["subscription_data"]["metadata"]
+    assert metadata == {"user_id": user_id, "telegram_user_id": str(buyer), "sku": sku}
+    customer, sub, now = stripe_api.add_customer(), f"sub_{secrets.token_hex(10)}", int(time.time())
+    period = (now, now + 30 * DAY)
+    made_sub = subscription(sub, buyer, "active", period)
+    made_sub.update(customer=customer, metadata=dict(metadata))
+    if price_id:
+        made_sub["items"]["data"][0]["price"]["id"] = price_id
+    session = copy.deepcopy(stripe_api.sessions[reply.session_id])
+    session.update(status="complete", payment_status="paid", customer=customer, subscription=sub)
+    invoice = {
+        "id": f"in_{secrets.token_hex(10)}",
+        "object": "invoice",
+        "amount_due": 1900,
+        "amount_paid": 1900,
+        "billing_reason": "subscription_create",
+        "created": now,
+        "currency": "usd",
+        "customer": customer,
+        "livemode": False,
+        "metadata": {},
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {"metadata": dict(metadata), "subscription": sub},
+        },
+        "status": "paid",
+        "status_transitions": {"paid_at": now},
+        "lines": {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {
+                    "id": f"il_{secrets.token_hex(8)}",
+                    "object": "line_item",
+                    "amount": 1900,
+                    "currency": "usd",
+                    "metadata": {},
+                    "period": {"start": period[0], "end": period[1]},
+                }
+            ],
+        },
+    }
+    # A subscription's session grants nothing itself: its invoice does.
+    completed = event_of("checkout.session.completed", session)
+    assert await deliver(http, stripe_stack, engine, completed) == "ignored"
+    for event in (
+        event_of("customer.subscription.created", made_sub),
+        event_of("invoice.paid", invoice),
+    ):
+        assert await deliver(http, stripe_stack, engine, event) == "processed"
+    grants = await grants_of(stripe_stack, user_id)
+    assert [g.source.reference for g in grants] == [invoice["id"]]
+    reply_check = await check(stripe_stack, user_id, "premium")
+    assert reply_check.active and reply_check.expires_at.seconds == period[1]
+    state = (
+        await payments.GetSubscription(
+            payments_pb2.GetSubscriptionRequest(provider="stripe", subscription_id=sub)
+        )
+    ).subscription
+    assert (state.user_id, state.sku, state.status) == (user_id, sku, "active")
 
 
 async def test_an_unknown_sku_is_invalid_and_a_stripe_that_is_down_is_unavailable(
@@ -246,6 +361,12 @@ async def test_a_stripe_refund_reaches_stripe_once_and_its_webhook_revokes(
     await payments.RefundPayment(request)  # a retry: the same refund, not a second one
     refunds = [r for r in stripe_api.refunds if r["payment_intent"] == charge["payment_intent"]]
     assert [r["amount"] for r in refunds] == [2900]
+    asked = [
+        r
+        for r in stripe_api.seen("POST", "/v1/refunds")
+        if r.params.get("payment_intent") == charge["payment_intent"]
+    ]
+    assert len(asked) == 2 and idempotency_key_of(asked[0]) == idempotency_key_of(asked[1]) != ""
     await deliver(http, stripe_stack, engine, event_of("charge.refunded", dict(charge)))
     assert not (await check(stripe_stack, user_id, "premium")).active
 
@@ -497,18 +618,32 @@ async def test_cancel_at_period_end_keeps_access_and_an_immediate_cancel_ends_it
             user_id=user_id, provider="stripe", subscription_id=sub, at_period_end=at_period_end
         )
 
+    resume = payments_pb2.ResumeSubscriptionRequest(
+        user_id=user_id, provider="stripe", subscription_id=sub
+    )
+    at_stripe = stripe_api.subscriptions[sub]
+
     ended_later = (await payments.CancelSubscription(ask(True))).subscription
     assert ended_later.cancel_at_period_end and ended_later.status == "active"
     assert stripe_api.seen("POST", f"/v1/subscriptions/{sub}")[-1].params == {
         "cancel_at_period_end": "true"
     }
     assert (await check(stripe_stack, user_id, "premium")).expires_at.seconds == period[1]
-    resumed = await payments.ResumeSubscription(
-        payments_pb2.ResumeSubscriptionRequest(
-            user_id=user_id, provider="stripe", subscription_id=sub
-        )
-    )
+    resumed = await payments.ResumeSubscription(resume)
     assert not resumed.subscription.cancel_at_period_end
+    assert at_stripe["cancel_at_period_end"] is False
+    # The user changes their mind again: this cancel is a new one at Stripe, not a replay of
+    # the first (which would answer "canceled" and leave the subscription renewing).
+    again = (await payments.CancelSubscription(ask(True))).subscription
+    assert again.cancel_at_period_end and at_stripe["cancel_at_period_end"] is True
+    assert (await check(stripe_stack, user_id, "premium")).expires_at.seconds == period[1]
+    resumed = await payments.ResumeSubscription(resume)
+    assert not resumed.subscription.cancel_at_period_end
+    assert at_stripe["cancel_at_period_end"] is False
+    changes = stripe_api.seen("POST", f"/v1/subscriptions/{sub}")
+    keys = [idempotency_key_of(r) for r in changes]
+    assert [r.params["cancel_at_period_end"] for r in changes] == ["true", "false"] * 2
+    assert all(keys) and len(set(keys)) == 4
 
     with pytest.raises(grpc.aio.AioRpcError) as not_theirs:
         await payments.CancelSubscription(
@@ -519,7 +654,8 @@ async def test_cancel_at_period_end_keeps_access_and_an_immediate_cancel_ends_it
     assert not_theirs.value.code() == grpc.StatusCode.NOT_FOUND
     ended = (await payments.CancelSubscription(ask(False))).subscription
     assert ended.status == "canceled" and ended.HasField("ended_at")
-    assert len(stripe_api.seen("DELETE", f"/v1/subscriptions/{sub}")) == 1
+    deleted = stripe_api.seen("DELETE", f"/v1/subscriptions/{sub}")
+    assert len(deleted) == 1 and idempotency_key_of(deleted[0])
     assert not (await check(stripe_stack, user_id, "premium")).active
     # An invoice paid before the cancel but delivered after it grants nothing past the end.
     late = invoice_event(catalogue, "invoice.paid", sub, buyer, (now - 1800, now + 30 * DAY))
@@ -575,9 +711,10 @@ async def test_a_stars_subscription_renews_cancels_through_telegram_and_runs_to_
         "telegram_payment_charge_id": charges[-1],
         "is_canceled": True,
     }
-    # Access runs to the end of the paid period.
+    # Access runs to the end of the paid period: nothing paid for is taken back.
     reply = await check(stripe_stack, user_id, "premium")
     assert reply.active and reply.expires_at.seconds == now + 60 * DAY
+    assert len(await grants_of(stripe_stack, user_id)) == 2
     resumed = await payments.ResumeSubscription(
         payments_pb2.ResumeSubscriptionRequest(
             user_id=user_id, provider="telegram", subscription_id=sub
@@ -585,6 +722,17 @@ async def test_a_stars_subscription_renews_cancels_through_telegram_and_runs_to_
     )
     assert resumed.subscription.status == "active"
     assert bot_api.calls_of("editUserStarSubscription")[-1]["is_canceled"] is False
+    # A second cancel (likely within the same second as the resume) is recorded too.
+    again = await payments.CancelSubscription(
+        payments_pb2.CancelSubscriptionRequest(
+            user_id=user_id, provider="telegram", subscription_id=sub, at_period_end=True
+        )
+    )
+    assert again.subscription.status == "canceled" and again.subscription.cancel_at_period_end
+    assert bot_api.calls_of("editUserStarSubscription")[-1]["is_canceled"] is True
+    reply = await check(stripe_stack, user_id, "premium")
+    assert reply.active and reply.expires_at.seconds == now + 60 * DAY
+    assert len(await grants_of(stripe_stack, user_id)) == 2
 
 
 def test_the_cli_prints_a_checkout_link_lists_subscriptions_and_reconciles(
@@ -610,3 +758,93 @@ def test_the_cli_prints_a_checkout_link_lists_subscriptions_and_reconciles(
     assert reconciled.returncode == 0 and "events seen" in reconciled.stdout, reconciled.stderr
     refused = paylayer("checkout", "stripe", "--telegram-user", "42", "--sku", "nope")
     assert refused.returncode == 2 and "INVALID_ARGUMENT" in refused.stderr
+
+
+async def paylayer_cli(stack: Stack, *args: str) -> tuple[int, str, str]:
+    """The CLI as an operator runs it, in a process of its own."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "paylayer.cli",
+        *args,
+        env=stack.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_cancels_and_resumes_a_subscription_and_replays_failed_events(
+    stripe_stack: Stack,
+    stripe_api: FakeStripe,
+    http: aiohttp.ClientSession,
+    engine: AsyncEngine,
+    catalogue: Catalogue,
+) -> None:
+    buyer, sub, now = new_buyer(), f"sub_{secrets.token_hex(10)}", int(time.time())
+    created = subscription(sub, buyer, "active", (now - 3600, now + 30 * DAY - 3600))
+    stripe_api.add_subscription(copy.deepcopy(created))
+    await deliver(http, stripe_stack, engine, event_of("customer.subscription.created", created))
+    user_id = await user_of_telegram(stripe_stack, buyer)
+    at_stripe = stripe_api.subscriptions[sub]
+
+    code, out, err = await paylayer_cli(
+        stripe_stack, "subscriptions", "cancel", sub, "--user-id", user_id, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["cancel_at_period_end"] is True
+    assert at_stripe["cancel_at_period_end"] is True
+    code, out, err = await paylayer_cli(
+        stripe_stack, "subscriptions", "resume", sub, "--user-id", user_id, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out).get("cancel_at_period_end", False) is False
+    assert at_stripe["cancel_at_period_end"] is False
+    code, out, err = await paylayer_cli(
+        stripe_stack, "subscriptions", "cancel", sub, "--user-id", user_id, "--now"
+    )
+    assert code == 0, err
+    assert "canceled" in out and at_stripe["status"] == "canceled"
+    assert not (await check(stripe_stack, user_id, "premium")).active
+
+    # Payments from a customer nobody knew fail; once linked, a replay of one type, received
+    # since a time, applies only those.
+    customer = f"cus_{secrets.token_hex(10)}"
+    wanted, older = (
+        stripe_event("payment_intent.succeeded", catalogue, sku="premium_30d", customer=customer)
+        for _ in range(2)
+    )
+    other_type = stripe_event("charge.succeeded", catalogue, sku="vip_30d", customer=customer)
+    for event in (wanted, older, other_type):
+        assert await deliver(http, stripe_stack, engine, event) == "failed"
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(inbox)
+            .where(inbox.c.provider == "stripe", inbox.c.event_id == older["id"])
+            .values(received_at=func.now() - text("interval '2 hours'"))
+        )
+    payer = await user_of_telegram(stripe_stack, new_buyer())
+    async with open_channel(
+        stripe_stack.addrs["accounts"], stripe_stack.settings.internal_token
+    ) as channel:
+        await accounts_pb2_grpc.AccountsServiceStub(channel).LinkIdentity(
+            accounts_pb2.LinkIdentityRequest(user_id=payer, stripe_customer_id=customer)
+        )
+    code, out, err = await paylayer_cli(
+        stripe_stack,
+        "events",
+        "replay",
+        "--status",
+        "failed",
+        "--type",
+        "payment_intent.succeeded",
+        "--since",
+        "1h",
+    )
+    assert code == 0, err
+    assert out.endswith("events replayed\n") and int(out.split()[0]) >= 1, out
+    assert (await wait_settled(engine, "stripe", [wanted["id"]]))[wanted["id"]] == "processed"
+    left = await event_statuses(engine, "stripe", [older["id"], other_type["id"]])
+    assert left == {older["id"]: "failed", other_type["id"]: "failed"}
+    assert len(await grants_of(stripe_stack, payer)) == 1
