@@ -39,6 +39,14 @@ _GRANT_COLUMNS = (
     "granted_by",
 )
 
+_rows_in = insert(grants)
+# A source granted before keeps its grant: ON CONFLICT rewrites only a tombstone's empty row.
+_GRANT_MANY = _rows_in.on_conflict_do_update(
+    constraint="uq_grants_source",
+    set_={column: _rows_in.excluded[column] for column in _GRANT_COLUMNS},
+    where=grants.c.user_id.is_(None),
+).returning(*grants.c)
+
 
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
@@ -111,17 +119,18 @@ class EntitlementStore:
             first.setdefault((new.source.provider, new.source.reference), new)
         if not first:
             return []
-        rows_in = insert(grants).values(
-            [{"grant_id": uuid.UUID(new.grant_id), **_grant_values(new)} for new in first.values()]
-        )
-        statement = rows_in.on_conflict_do_update(
-            constraint="uq_grants_source",
-            set_={column: rows_in.excluded[column] for column in _GRANT_COLUMNS},
-            where=grants.c.user_id.is_(None),
-        ).returning(*grants.c)
         connection = self._connection
+        # Rows as parameters, not as values in the statement: the statement is then compiled
+        # once, and SQLAlchemy still sends the batch as one multi-row INSERT.
         written = {
-            (row.provider, row.reference): row for row in await connection.execute(statement)
+            (row.provider, row.reference): row
+            for row in await connection.execute(
+                _GRANT_MANY,
+                [
+                    {"grant_id": uuid.UUID(new.grant_id), **_grant_values(new)}
+                    for new in first.values()
+                ],
+            )
         }
         # Sources already granted: ON CONFLICT touched nothing; the first grant stands.
         missing = [key for key in first if key not in written]
