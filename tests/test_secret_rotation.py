@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import aiohttp
 import grpc
@@ -18,14 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from entitlements_service.server import build
 from entitlements_service.wire import to_proto_time
-
 from paylayer.callers import token_digest_hex
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.ops.factories import stripe_event
-from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from paylayer.settings import Settings
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
+from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.grpc_helpers import channel_to, serving
 from tests.payments.helpers import (

@@ -115,9 +115,7 @@ async def test_replaying_a_pending_event_is_refused_and_it_still_applies_once(
         )
         try:
             assert (await post_stripe(http, stack, event))[0] == 200
-            assert await event_statuses(engine, "stripe", [event["id"]]) == {
-                event["id"]: "pending"
-            }
+            assert await event_statuses(engine, "stripe", [event["id"]]) == {event["id"]: "pending"}
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await payments_stub.ReplayEvent(
                     payments_pb2.ReplayEventRequest(provider="stripe", event_id=event["id"])
