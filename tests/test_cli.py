@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import subprocess
 import sys
 
@@ -78,6 +79,52 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(stack: Stack) -> None:
         stack.gateway_url,
     )
     assert unknown_sku.returncode == 2 and "unknown sku" in unknown_sku.stderr
+
+
+# One read per service, and the setting that says where that service is.
+READS = {
+    "payments": ("PAYMENTS_ADDR", ["events", "list"]),
+    "entitlements": ("ENTITLEMENTS_ADDR", ["entitlements", "check", "user-nobody", "premium"]),
+    "accounts": ("ACCOUNTS_ADDR", ["accounts", "resolve", "--telegram", "1"]),
+}
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("service", sorted(READS))
+def test_a_service_that_is_not_there_is_a_one_line_error(stack: Stack, service: str) -> None:
+    setting, args = READS[service]
+    # A port nothing listens on: what the CLI meets when the service is stopped.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "paylayer.cli", *args],
+        env={**stack.env, setting: nowhere},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "UNAVAILABLE" in one_line_error(result)
+
+
+@pytest.mark.parametrize("service", sorted(READS))
+def test_a_wrong_token_is_a_one_line_unauthenticated_error(stack: Stack, service: str) -> None:
+    _, args = READS[service]
+    result = subprocess.run(
+        [sys.executable, "-m", "paylayer.cli", *args],
+        env={**stack.env, "INTERNAL_TOKEN": "not-the-token-" + secrets.token_hex(8)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "UNAUTHENTICATED" in one_line_error(result)
 
 
 @pytest.mark.parametrize(

@@ -94,19 +94,38 @@ async def test_gateway_probes_and_metrics(stack: Stack) -> None:
     assert 'paylayer_gateway_http_requests_total{code="200",route="/readyz"}' in text
 
 
+# What each process needs before it may start, as `python -m <module>` checks it.
+REQUIRED_SETTINGS = {
+    "payments_service": ("DATABASE_URL", "INTERNAL_TOKEN"),
+    "accounts_service": ("DATABASE_URL", "INTERNAL_TOKEN"),
+    "entitlements_service": ("DATABASE_URL", "INTERNAL_TOKEN"),
+    "gateway": ("STRIPE_WEBHOOK_SECRETS", "TELEGRAM_WEBHOOK_SECRET", "INTERNAL_TOKEN"),
+}
+PRESENT = {
+    "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+    "INTERNAL_TOKEN": "token-" + "x" * 20,
+    "STRIPE_WEBHOOK_SECRETS": "whsec_test",
+    "TELEGRAM_WEBHOOK_SECRET": "telegram-secret",
+}
+
+
 @pytest.mark.parametrize(
-    "module", ["payments_service", "entitlements_service", "accounts_service", "gateway"]
+    ("module", "missing"),
+    [(module, name) for module, names in REQUIRED_SETTINGS.items() for name in names],
 )
-def test_a_service_without_its_secrets_refuses_to_start(module: str) -> None:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("INTERNAL_TOKEN", "STRIPE_WEBHOOK_SECRETS")
-    }
-    env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+def test_a_service_missing_any_one_secret_refuses_to_start_and_names_it(
+    module: str, missing: str
+) -> None:
+    """Every other required setting is present: the one left out alone stops the start."""
+    env = {k: v for k, v in os.environ.items() if k not in (*PRESENT, "CALLER_TOKENS")}
+    env |= {name: PRESENT[name] for name in REQUIRED_SETTINGS[module] if name != missing}
     result = subprocess.run(
         [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=30
     )
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr[-500:]
     assert "missing required settings" in result.stderr
+    assert missing in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_sigterm_turns_health_not_serving_then_exits_cleanly(stack: Stack) -> None:

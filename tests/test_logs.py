@@ -1,11 +1,14 @@
 """What reaches a log line: real database errors from PostgreSQL, logged with their tracebacks,
-carry no customer data and no secret."""
+carry no customer data and no secret; a malformed HTTP request is one warning, no traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import secrets
+import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -17,6 +20,7 @@ from paylayer.db import async_url, create_engine
 from paylayer.logs import configure_logging
 from paylayer.settings import Settings
 from tests.conftest import unredacted_tracebacks
+from tests.stack import Stack
 
 CUSTOMER = "cus_PrivateCustomer42"
 log = logging.getLogger("tests.logs")
@@ -122,3 +126,38 @@ def test_the_end_of_run_scan_catches_a_traceback_with_database_details(
         log.exception("insert failed")
     assert unredacted_tracebacks(written.getvalue()) == 0
     assert "cus_1" not in written.getvalue()
+
+
+async def test_a_malformed_http_request_is_a_400_and_one_warning_line_not_a_traceback(
+    stack: Stack,
+) -> None:
+    """aiohttp logs such a request as an ERROR with a traceback; any client could fill the log."""
+    logs = sorted(stack.log_dir.glob("gateway*.log"))
+    assert logs, "the gateway writes a log"
+    starts = {path: path.stat().st_size for path in logs}
+    host, port = stack.addrs["gateway"].rsplit(":", 1)
+    marker = secrets.token_hex(6)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/v1/stripe/webhook HTTP/1.1\r\nHost: gateway\r\n"
+        + f"X-Probe-{marker}: a\x01b\r\n".encode()
+        + b"Content-Length: 0\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    assert status_line.split()[1] == b"400", status_line
+
+    def written_since() -> str:
+        return "".join(
+            path.read_bytes()[starts.get(path, 0) :].decode(errors="replace")
+            for path in sorted(stack.log_dir.glob("gateway*.log"))
+        )
+
+    deadline = time.monotonic() + 30
+    while "malformed HTTP" not in written_since():
+        assert time.monotonic() < deadline, "the malformed request was never logged"
+        await asyncio.sleep(0.1)
+    lines = [line for line in written_since().splitlines() if "malformed HTTP" in line]
+    assert "WARNING" in lines[0] and "ERROR" not in lines[0], lines[0]
+    assert "Traceback" not in written_since()

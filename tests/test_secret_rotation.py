@@ -1,21 +1,32 @@
-"""Rotating the Stripe webhook secret: with two configured, events signed by either are taken,
-and a third secret is still refused. If the gateway tried only one of them, this fails."""
+"""Rotating secrets. The Stripe webhook secret: with two configured, events signed by either are
+taken, and a third secret is still refused. If the gateway tried only one of them, this fails.
+An internal token: with two configured for one caller, a running server takes both as that
+caller, and any third token is UNAUTHENTICATED."""
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import aiohttp
+import grpc
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from entitlements_service.server import build
+from entitlements_service.wire import to_proto_time
+from paylayer.callers import token_digest_hex
 from paylayer.catalogue import load_catalogue
 from paylayer.db import create_engine
 from paylayer.ops.factories import stripe_event
+from paylayer.settings import Settings
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
+from tests.grpc_helpers import channel_to, serving
 from tests.payments.helpers import (
     check,
     event_statuses,
@@ -88,3 +99,46 @@ async def test_any_other_secret_is_refused_and_nothing_is_recorded(
         for secret in ("whsec_retired_" + secrets.token_hex(16), OLD_SECRET + "x", NEW_SECRET[:-1]):
             assert (await post_stripe(http, rotating, event, secret=secret))[0] == 400
     assert await event_statuses(rotation_engine, "stripe", [event["id"]]) == {}
+
+
+async def test_two_internal_tokens_of_one_caller_both_work_and_a_third_is_unauthenticated(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    old_token, new_token = "old-" + secrets.token_hex(16), "new-" + secrets.token_hex(16)
+    KNOWN_SECRETS.extend([old_token, new_token])
+    # The new token as its digest, as a deployment holding no secret would configure it.
+    rotating_settings = dataclasses.replace(
+        settings,
+        caller_tokens=f"operator:{old_token},operator:{token_digest_hex(new_token)}",
+    )
+    async with serving(build(rotating_settings)) as addr:
+        for token in (old_token, new_token):
+            async with channel_to(addr, token) as channel:
+                request = entitlements_pb2.GrantEntitlementRequest(
+                    user_id="user-rotation-" + secrets.token_hex(6),
+                    entitlement="premium",
+                    source=entitlements_pb2.Source(
+                        provider="manual", reference="rotation-" + secrets.token_hex(6)
+                    ),
+                    event_id="evt_" + secrets.token_hex(8),
+                    purchased_at=to_proto_time(datetime.now(UTC)),
+                    duration_seconds=86400,
+                    reason="token rotation test",
+                )
+                stub = entitlements_pb2_grpc.EntitlementsServiceStub(channel)
+                assert (await stub.GrantEntitlement(request)).created
+            async with engine.connect() as connection:
+                actor = await connection.scalar(
+                    text("SELECT actor FROM entitlements.audit WHERE event_id = :event"),
+                    {"event": request.event_id},
+                )
+            assert actor == "operator", "either token is the same caller"
+        for wrong in ("third-" + secrets.token_hex(16), old_token + "x", new_token[:-1]):
+            async with channel_to(addr, wrong) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await entitlements_pb2_grpc.EntitlementsServiceStub(channel).CheckEntitlement(
+                        entitlements_pb2.CheckEntitlementRequest(
+                            user_id="user-x", entitlement="premium"
+                        )
+                    )
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -278,11 +278,30 @@ INVALID_GRANTS = {
 
 @pytest.mark.parametrize("name", sorted(INVALID_GRANTS))
 async def test_a_malformed_grant_is_an_invalid_argument_and_grants_nothing(
-    stub: EntitlementsServiceStub, name: str
+    stub: EntitlementsServiceStub, engine: AsyncEngine, name: str
 ) -> None:
+    request = entitlements_pb2.GrantEntitlementRequest()
+    request.CopyFrom(INVALID_GRANTS[name])
+    # A user and an event of this test's own, so what it finds afterwards can only be its doing.
+    user = new_user()
+    if request.user_id:
+        request.user_id = user
+    request.event_id = "evt_" + uuid.uuid4().hex
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.GrantEntitlement(INVALID_GRANTS[name])
+        await stub.GrantEntitlement(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    answer = await stub.CheckEntitlement(check(user))
+    assert not answer.active and not answer.grants
+    async with engine.connect() as connection:
+        stored = await connection.scalar(
+            text(
+                "SELECT (SELECT count(*) FROM entitlements.grants WHERE event_id = :event)"
+                " + (SELECT count(*) FROM entitlements.audit WHERE event_id = :event)"
+            ),
+            {"event": request.event_id},
+        )
+    assert stored == 0, f"a refused grant left {stored} grant or audit rows"
 
 
 async def test_a_manual_grant_and_its_revoke_are_audited_with_the_caller_and_why(

@@ -7,6 +7,7 @@ its date, a lifetime covers for ever. Nothing of it is shared with the code unde
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from hypothesis import given, settings
@@ -108,12 +109,18 @@ def test_revoking_one_grant_leaves_every_other_its_full_time(
     paid: list[Paid], revoked_index: int
 ) -> None:
     durations = [p for p in paid if p.hours is not None]
-    if durations:
-        gone = durations[revoked_index % len(durations)]
-        durations.remove(gone)
-    windows = rules.stack(p.grant() for p in durations)
+    gone = durations[revoked_index % len(durations)] if durations else None
+    # The grant stays in the list, marked revoked, as the store hands it to the rules.
+    grants = [
+        dataclasses.replace(p.grant(), revoked=True) if p is gone else p.grant() for p in durations
+    ]
+    windows = rules.stack(grants)
     by_reference = {w.grant.source.reference: w for w in windows}
+    if gone is not None:
+        assert gone.reference not in by_reference, "a revoked grant covers no time"
     for p in durations:
+        if p is gone:
+            continue
         window = by_reference[p.reference]
         assert window.ends_at is not None
         assert window.ends_at - window.starts_at == p.hours * HOUR  # type: ignore[operator]

@@ -174,8 +174,13 @@ async def assert_each_took_effect_once(stack: Stack, purchases: list[Purchase]) 
                     round(days_left(reply), 2),
                 )
             )
+    # Printed before the assert, so a failing run shows its real tally, not only a passing one.
+    tally = {
+        kind: sum(p.outcome == kind for p in purchases) for kind in ("once", "lost", "doubled")
+    }
+    print(f"\nTALLY delivered={sum(p.delivered for p in purchases)} {tally}")
     assert not problems, (
-        f"{len(problems)} purchases did not take effect exactly once: {problems[:5]}"
+        f"{len(problems)} purchases did not take effect exactly once ({tally}): {problems[:5]}"
     )
 
 

@@ -47,6 +47,8 @@ TRIED: dict[str, int] = {}
 # fails or passes on its own merits) and on a fresh seed, printed so a failure can be replayed
 # with FUZZ_SEED=<seed>.
 FRESH_SEED = int(os.environ.get("FUZZ_SEED") or random.randrange(2**32))
+# In every failure a fresh seed can cause, so CI's log says how to replay it.
+REPLAY = f"replay with FUZZ_SEED={FRESH_SEED}"
 FIXED_RUN = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -186,10 +188,12 @@ def test_stripe_route_never_answers_5xx(
 def test_stripe_route_never_answers_5xx_on_a_fresh_seed(
     stack: Stack, catalogue: Catalogue, data: st.DataObject
 ) -> None:
-    stripe_route(stack, catalogue, data)
+    stripe_route(stack, catalogue, data, replay=REPLAY)
 
 
-def stripe_route(stack: Stack, catalogue: Catalogue, data: st.DataObject) -> None:
+def stripe_route(
+    stack: Stack, catalogue: Catalogue, data: st.DataObject, replay: str = "fixed examples"
+) -> None:
     gateway = Gateway(stack)
     secret = stack.settings.stripe_webhook_secrets[0]
     shape = data.draw(st.sampled_from(["raw", "signed_json", "signed_event", "bad_header"]))
@@ -225,7 +229,7 @@ def stripe_route(stack: Stack, catalogue: Catalogue, data: st.DataObject) -> Non
         headers["Stripe-Signature"] = header.encode("latin-1", "replace").decode("latin-1")
     TRIED["stripe_http"] = TRIED.get("stripe_http", 0) + 1
     status = gateway.post("/api/v1/stripe/webhook", body, headers)
-    assert status in (200, 400, 413), (shape, status)
+    assert status in (200, 400, 413), (shape, status, replay)
 
 
 @FIXED_RUN
@@ -242,10 +246,12 @@ def test_telegram_route_never_answers_5xx(
 def test_telegram_route_never_answers_5xx_on_a_fresh_seed(
     stack: Stack, catalogue: Catalogue, data: st.DataObject
 ) -> None:
-    telegram_route(stack, catalogue, data)
+    telegram_route(stack, catalogue, data, replay=REPLAY)
 
 
-def telegram_route(stack: Stack, catalogue: Catalogue, data: st.DataObject) -> None:
+def telegram_route(
+    stack: Stack, catalogue: Catalogue, data: st.DataObject, replay: str = "fixed examples"
+) -> None:
     gateway = Gateway(stack)
     shape = data.draw(st.sampled_from(["raw", "json", "update"]))
     if shape == "raw":
@@ -261,7 +267,7 @@ def telegram_route(stack: Stack, catalogue: Catalogue, data: st.DataObject) -> N
     headers = {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": token}
     TRIED["telegram_http"] = TRIED.get("telegram_http", 0) + 1
     status = gateway.post("/api/v1/telegram/webhook", body, headers)
-    assert status in (200, 400, 401, 413), (shape, status)
+    assert status in (200, 400, 401, 413), (shape, status, replay)
 
 
 def test_pathological_bodies_are_refused_cleanly(stack: Stack) -> None:
@@ -295,16 +301,18 @@ async def test_after_the_fuzzing_everything_settles_cleanly_and_a_real_purchase_
                 )
                 or 0
             )
-        assert time.monotonic() < deadline, f"{pending} events still pending after the fuzzing"
+        assert time.monotonic() < deadline, (
+            f"{pending} events still pending after the fuzzing ({REPLAY})"
+        )
         await asyncio.sleep(0.5)
-    assert all(process.poll() is None for process in stack.processes.values())
+    assert all(process.poll() is None for process in stack.processes.values()), REPLAY
     await stack.up(within=10)
     tracebacks = [
         path.name
         for path in stack.log_dir.glob("*.log")
         if "Traceback" in path.read_text(errors="replace")
     ]
-    assert not tracebacks, f"tracebacks logged in {tracebacks}"
+    assert not tracebacks, f"tracebacks logged in {tracebacks} ({REPLAY})"
 
     buyer = new_buyer()
     event = stripe_event(

@@ -8,13 +8,20 @@ from collections.abc import AsyncIterator
 import aiohttp
 import grpc
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
 from paylayer.grpc_client import open_channel
 from paylayer.ops.factories import stripe_event
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
-from tests.payments.helpers import new_buyer, post_stripe, wait_settled
+from tests.payments.helpers import (
+    event_statuses,
+    new_buyer,
+    post_stripe,
+    user_of_telegram,
+    wait_settled,
+)
 from tests.stack import Stack
 
 
@@ -88,3 +95,49 @@ async def test_only_failed_or_ignored_events_replay(
             payments_pb2.ReplayEventRequest(provider="stripe", event_id="evt_never_seen")
         )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_replaying_a_pending_event_is_refused_and_it_still_applies_once(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    catalogue: Catalogue,
+    engine: AsyncEngine,
+    payments_stub: payments_pb2_grpc.PaymentsServiceStub,
+) -> None:
+    buyer = new_buyer()
+    event = stripe_event("charge.succeeded", catalogue, sku="premium_30d", telegram_user_id=buyer)
+    # An uncommitted user row of this test for the buyer: accounts waits on it, so the event
+    # cannot leave pending until it is let go, however fast the worker is.
+    async with engine.connect() as blocker:
+        await blocker.execute(
+            text("INSERT INTO accounts.users (user_id, telegram_user_id) VALUES (:user, :t)"),
+            {"user": f"held-{secrets.token_hex(6)}", "t": buyer},
+        )
+        try:
+            assert (await post_stripe(http, stack, event))[0] == 200
+            assert await event_statuses(engine, "stripe", [event["id"]]) == {event["id"]: "pending"}
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await payments_stub.ReplayEvent(
+                    payments_pb2.ReplayEventRequest(provider="stripe", event_id=event["id"])
+                )
+        finally:
+            await blocker.rollback()
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pending" in (refused.value.details() or "")
+
+    assert await wait_settled(engine, "stripe", [event["id"]], within=60) == {
+        event["id"]: "processed"
+    }
+    user_id = await user_of_telegram(stack, buyer)
+    async with engine.connect() as connection:
+        grants, audited = (
+            await connection.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM entitlements.grants WHERE user_id = :user),"
+                    " (SELECT count(*) FROM entitlements.audit"
+                    "   WHERE user_id = :user AND action = 'grant')"
+                ),
+                {"user": user_id},
+            )
+        ).one()
+    assert (grants, audited) == (1, 1), "the refused replay must not have applied it twice"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue
@@ -206,6 +206,23 @@ async def test_refunded_payment_revokes_that_charge(
     ).active
 
 
+async def test_a_refund_that_arrives_before_its_payment_leaves_no_access(
+    stack: Stack, http: aiohttp.ClientSession, catalogue: Catalogue, engine: AsyncEngine
+) -> None:
+    buyer, charge = new_buyer(), f"stxt{secrets.token_hex(12)}"
+    refund = telegram_update(
+        "refund", catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
+    )
+    payment = telegram_update(
+        "payment", catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
+    )
+    assert await pay(http, stack, engine, refund) == "processed"
+    assert await pay(http, stack, engine, payment) == "processed"
+    # Both are applied: whatever the payment granted is already revoked.
+    answer = await check(stack, await user_of_telegram(stack, buyer), "premium")
+    assert not answer.active and not answer.grants
+
+
 async def test_stars_and_card_payments_of_one_user_stack_to_sixty_days(
     stack: Stack, http: aiohttp.ClientSession, catalogue: Catalogue, engine: AsyncEngine
 ) -> None:
@@ -318,6 +335,22 @@ async def test_refunding_a_stars_payment_calls_telegram_and_revokes_once(
     assert not (
         await eventually(lambda: check(stack, user_id, "premium"), lambda r: not r.active)
     ).active
+
+    async def revokes_audited() -> int:
+        async with engine.connect() as connection:
+            return int(
+                await connection.scalar(
+                    text(
+                        "SELECT count(*) FROM entitlements.audit"
+                        " WHERE user_id = :user AND action = 'revoke'"
+                    ),
+                    {"user": user_id},
+                )
+                or 0
+            )
+
+    # Two refunds of one charge: one revoke in the audit, not one per refund.
+    assert await eventually(revokes_audited, lambda n: n >= 1) == 1
 
 
 async def test_reconcile_records_paid_charges_that_no_update_brought(
