@@ -112,7 +112,7 @@ def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
             return Payer(telegram_user_id=_telegram_id(reference), customer=customer)
         return Payer(user_id=reference, customer=customer)
     if customer:
-        return Payer(customer=customer)
+        return Payer(customer=customer, awaits_link=not metadata)
     raise Unprocessable(
         "cannot tell who paid: no metadata.user_id, metadata.telegram_user_id, "
         "client_reference_id or customer",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import stripe
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.stripe_webhook import Rejected, verify
-from paylayer.catalogue import Catalogue, load_catalogue
+from gateway.stripe_webhook import Rejected, _signed_at, verify
+from paylayer.catalogue import Catalogue, Price, load_catalogue
 from paylayer.ops.factories import sign_stripe, stripe_event
 from paylayer.settings import REPO_ROOT, ConfigError, Settings
 from payments_service.intents import (
@@ -365,3 +367,51 @@ def test_any_header_is_verified_or_refused_never_an_error(
         verify(BODY, header, tuple(secrets), NOW)
     except Rejected as rejection:
         assert rejection.status == 400
+
+
+def test_the_stripe_library_still_has_the_header_parser_the_gateway_uses() -> None:
+    """The gateway's future-timestamp check reads the verified timestamp with the library's own
+    parser, a private function (`_signed_at` in gateway/stripe_webhook.py). An upgrade of
+    `stripe` that removes or changes it fails here, by name, not as 500s on live webhooks."""
+    parse = getattr(stripe.WebhookSignature, "_get_timestamp_and_signatures", None)
+    assert callable(parse), (
+        "stripe.WebhookSignature._get_timestamp_and_signatures is gone: rewrite _signed_at in "
+        "gateway/stripe_webhook.py to parse the header as this stripe version does"
+    )
+    scheme = stripe.WebhookSignature.EXPECTED_SCHEME
+    assert parse(f" t=1,t={NOW},v1=ab,v0=cd,v1=ef", scheme) == (NOW, ["ab", "ef"])
+    good = sign_stripe(BODY.decode(), SECRET, NOW)
+    assert _signed_at(f"{good},t={NOW + 10_000}") == NOW
+
+
+# --- the catalogue's prices ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stripe_prices", "refusal"),
+    [
+        ("[{amount: 2900, currency: usd}, {amount: 2700, currency: USD}]", "one Stripe price"),
+        ("{amount: 0, currency: usd}", "positive amount"),
+        ("{amount: -5, currency: usd}", "positive amount"),
+        ("{amount: '2900', currency: usd}", "positive amount"),
+        ("{amount: 29.5, currency: usd}", "positive amount"),
+        ("{amount: 2900}", "positive amount"),
+        ("[{amount: 2900, currency: usd}, 7]", "positive amount"),
+    ],
+)
+def test_the_catalogue_refuses_two_prices_in_a_currency_or_a_bad_price(
+    tmp_path: Path, stripe_prices: str, refusal: str
+) -> None:
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(
+        "tiers: {premium: {}}\n"
+        f"skus:\n  premium_30d: {{grants: premium, days: 30, stripe: {stripe_prices}}}\n"
+    )
+    with pytest.raises(ValueError, match=refusal):
+        load_catalogue(path)
+    path.write_text(
+        "tiers: {premium: {}}\nskus:\n  premium_30d: {grants: premium, days: 30, "
+        "stripe: [{amount: 2900, currency: usd}, {amount: 2700, currency: eur}]}\n"
+    )
+    sold = load_catalogue(path).skus["premium_30d"]
+    assert sold.stripe_price("EUR") == Price(2700, "eur")
