@@ -291,11 +291,12 @@ def _paid_line(
         ]
         return product, (by_price_id or by_amount or periodic)[0]
     for line in periodic:
-        by_price_id = [
-            s for s in catalogue.skus.values() if s.stripe_price_id == _line_price_id(line)
+        price_id = _line_price_id(line)
+        sold_by_price_id = [
+            s for s in catalogue.skus.values() if price_id and s.stripe_price_id == price_id
         ]
-        if len(by_price_id) == 1:
-            return by_price_id[0], line
+        if len(sold_by_price_id) == 1:
+            return sold_by_price_id[0], line
         paid = _line_paid(line, currency)
         matched = catalogue.sku_for_stripe_price(paid.amount - paid.tax, paid.currency)
         if matched is not None:
