@@ -56,6 +56,15 @@ def _resolve_request(payer: Payer) -> accounts_pb2.ResolveUserRequest:
     raise Unprocessable("cannot tell who paid", "unknown_payer")
 
 
+def _no_user(payer: Payer) -> Exception:
+    """No user for this payer: for good, unless the payer is a customer whose link is due."""
+    if payer.awaits_link:
+        return Retryable(
+            f"no user is linked to customer {payer.customer} yet; its invoice links it"
+        )
+    return Unprocessable(f"cannot tell who paid: no user for {payer}", "unknown_payer")
+
+
 def _classify_code(code: int, message: str, what: str) -> Exception:
     """An item's status in a batch answer, classified as the same failure of a single call."""
     status = next((s for s in grpc.StatusCode if s.value[0] == code), grpc.StatusCode.UNKNOWN)
@@ -118,9 +127,7 @@ class Downstream:
         answers: list[str | Exception] = []
         for payer, result in zip(payers, reply.results, strict=True):
             if result.code == grpc.StatusCode.NOT_FOUND.value[0]:
-                answers.append(
-                    Unprocessable(f"cannot tell who paid: no user for {payer}", "unknown_payer")
-                )
+                answers.append(_no_user(payer))
             elif result.code:
                 answers.append(_classify_code(result.code, result.message, "accounts.ResolveUsers"))
             else:
@@ -139,9 +146,7 @@ class Downstream:
             reply = await self._accounts.ResolveUser(request, timeout=CALL_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise Unprocessable(
-                    f"cannot tell who paid: no user for {payer}", "unknown_payer"
-                ) from None
+                raise _no_user(payer) from None
             raise _classify(error, "accounts.ResolveUser") from None
         user_id = str(reply.user.user_id)
         if payer.customer and reply.user.stripe_customer_id != payer.customer:

@@ -52,6 +52,10 @@ class Payer:
     user_id: str | None = None
     telegram_user_id: int | None = None
     customer: str | None = None
+    # Only a customer, on a payment that names nothing else: from API 2025-03-31.basil on, a
+    # subscription's charge. Its invoice links the customer soon, so a customer not linked yet
+    # is retried (up to the attempt cap) rather than failed at once.
+    awaits_link: bool = False
 
 
 @dataclass(frozen=True)

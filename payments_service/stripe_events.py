@@ -112,7 +112,7 @@ def payer(obj: dict[str, Any], metadata: dict[str, str]) -> Payer:
             return Payer(telegram_user_id=_telegram_id(reference), customer=customer)
         return Payer(user_id=reference, customer=customer)
     if customer:
-        return Payer(customer=customer)
+        return Payer(customer=customer, awaits_link=not metadata)
     raise Unprocessable(
         "cannot tell who paid: no metadata.user_id, metadata.telegram_user_id, "
         "client_reference_id or customer",
@@ -221,9 +221,101 @@ def _sum_amounts(value: Any) -> int:
     return sum(_int(item.get("amount")) for item in value if isinstance(item, dict))
 
 
-def _invoice_tax(obj: dict[str, Any]) -> int:
-    # `tax` up to 2024-era versions; `total_taxes` from 2025-03-31.basil on.
-    return _int(obj.get("tax")) or _sum_amounts(obj.get("total_taxes"))
+def _line_price_id(line: dict[str, Any]) -> str | None:
+    """The Stripe price a line bills: `price` up to 2024-era versions (an object), or
+    `pricing.price_details.price` from 2025-03-31.basil on (an id)."""
+    return _text(line.get("price")) or _text(
+        _dict(_dict(line.get("pricing")).get("price_details")).get("price")
+    )
+
+
+def _is_proration(line: dict[str, Any]) -> bool:
+    """A proration (an upgrade's credit or charge): `proration` on top up to 2024-era versions,
+    under `parent.subscription_item_details` or `parent.invoice_item_details` from basil on."""
+    parent = _dict(line.get("parent"))
+    details = _dict(parent.get("subscription_item_details")) or _dict(
+        parent.get("invoice_item_details")
+    )
+    return line.get("proration") is True or details.get("proration") is True
+
+
+def _line_tax_included(line: dict[str, Any]) -> int:
+    """Tax counted inside a line's `amount` (inclusive tax): `tax_amounts[].inclusive` up to
+    2024-era versions, `taxes[].tax_behavior` from basil on. Exclusive tax is outside it."""
+    older = line.get("tax_amounts")
+    newer = line.get("taxes")
+    return sum(
+        _int(tax.get("amount"))
+        for tax in (older if isinstance(older, list) else [])
+        if isinstance(tax, dict) and tax.get("inclusive") is True
+    ) + sum(
+        _int(tax.get("amount"))
+        for tax in (newer if isinstance(newer, list) else [])
+        if isinstance(tax, dict) and tax.get("tax_behavior") == "inclusive"
+    )
+
+
+def _line_paid(line: dict[str, Any], currency: str) -> Paid:
+    """What one invoice line charged for its price: its amount, less its own discounts, with
+    its inclusive tax set apart."""
+    discount = _sum_amounts(line.get("discount_amounts"))
+    return Paid(
+        amount=max(_int(line.get("amount")) - discount, 0),
+        currency=_currency(line) or currency,
+        tax=_line_tax_included(line),
+        discount=discount,
+    )
+
+
+def _paid_line(
+    catalogue: Catalogue, lines: list[dict[str, Any]], metadata: dict[str, str], currency: str
+) -> tuple[Sku, dict[str, Any]]:
+    """The sku bought and the invoice line that paid for it.
+
+    The price is checked against that line alone: the invoice's total also holds prorations,
+    other items and tax, and `amount_paid` leaves out what the customer's credit balance paid.
+    """
+    periodic = [line for line in lines if not _is_proration(line)] or lines
+    if metadata.get("sku"):
+        product = sku(catalogue, metadata, 0, "")
+        by_price_id = [
+            line
+            for line in periodic
+            if product.stripe_price_id and _line_price_id(line) == product.stripe_price_id
+        ]
+        by_amount = [
+            line
+            for line in periodic
+            if (price := product.stripe_price(_line_paid(line, currency).currency)) is not None
+            and _line_paid(line, currency).amount - _line_tax_included(line) == price.amount
+        ]
+        return product, (by_price_id or by_amount or periodic)[0]
+    for line in periodic:
+        price_id = _line_price_id(line)
+        sold_by_price_id = [
+            s for s in catalogue.skus.values() if price_id and s.stripe_price_id == price_id
+        ]
+        if len(sold_by_price_id) == 1:
+            return sold_by_price_id[0], line
+        paid = _line_paid(line, currency)
+        matched = catalogue.sku_for_stripe_price(paid.amount - paid.tax, paid.currency)
+        if matched is not None:
+            return matched, line
+    raise Unprocessable(
+        "cannot tell what was bought: no metadata.sku and no invoice line at a catalogue price",
+        "unknown_sku",
+    )
+
+
+def _intent_of_payment(obj: dict[str, Any]) -> str | None:
+    """The payment intent of an invoice's paid payment, when `payments` was expanded (basil)."""
+    for invoice_payment in _list(obj.get("payments")):
+        if invoice_payment.get("status") not in (None, "paid"):
+            continue
+        intent = _text(_dict(invoice_payment.get("payment")).get("payment_intent"))
+        if intent:
+            return intent
+    return None
 
 
 def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) -> Intent:
@@ -231,42 +323,34 @@ def _invoice_paid(catalogue: Catalogue, obj: dict[str, Any], created: datetime) 
     if not invoice_id:
         raise Unprocessable("invoice has no id")
     lines = _list(obj.get("lines"))
-    ends = [from_epoch(_dict(line.get("period")).get("end")) for line in lines]
-    until = max((end for end in ends if end), default=None)
-    if until is None:
+    if not any(from_epoch(_dict(line.get("period")).get("end")) for line in lines):
         raise Unprocessable("invoice has no line with a period end")
     # Newer API versions moved the subscription under `parent`; older ones keep it on top.
-    subscription_details = _dict(_dict(obj.get("parent")).get("subscription_details")) or _dict(
-        obj.get("subscription_details")
+    subscription_id, subscription_details = _invoice_subscription(obj)
+    # A subscription's lines carry its metadata; a proration line may carry none.
+    lines_metadata = [line.get("metadata") for line in lines if not _is_proration(line)]
+    metadata = _metadata(obj.get("metadata"), subscription_details.get("metadata"), *lines_metadata)
+    bought, line = _paid_line(catalogue, lines, metadata, _currency(obj))
+    check_price(bought, _line_paid(line, _currency(obj)))
+    ends = [from_epoch(_dict(each.get("period")).get("end")) for each in lines]
+    until = from_epoch(_dict(line.get("period")).get("end")) or max(
+        end for end in ends if end is not None
     )
-    subscription_id = _text(obj.get("subscription")) or _text(
-        subscription_details.get("subscription")
-    )
-    first_line = lines[0] if lines else {}
     # Up to 2024-06-20 the invoice names its payment intent: the charge that paid it is then the
     # same purchase. From basil on it does not (unless `payments` was expanded), and the link
     # comes as an invoice_payment.paid event.
-    intent_of_payment = next(
-        (_text(_dict(p.get("payment")).get("payment_intent")) for p in _list(obj.get("payments"))),
-        None,
-    )
-    key = _text(obj.get("payment_intent")) or intent_of_payment or invoice_id
-    paid = Paid(
+    key = _text(obj.get("payment_intent")) or _intent_of_payment(obj) or invoice_id
+    return Grant(
+        provider=PROVIDER,
+        payment_key=key,
+        payer=payer(obj, metadata),
+        sku=bought,
+        purchased_at=from_epoch(_dict(obj.get("status_transitions")).get("paid_at")) or created,
         amount=_int(obj.get("amount_paid")),
         currency=_currency(obj),
-        tax=_invoice_tax(obj),
-        discount=_sum_amounts(obj.get("total_discount_amounts")),
-    )
-    return _grant(
-        catalogue,
-        obj,
-        key,
-        paid,
-        purchased_at=from_epoch(_dict(obj.get("status_transitions")).get("paid_at")) or created,
         until=until,
         subscription_id=subscription_id,
         invoice_id=invoice_id,
-        extra_metadata=(subscription_details.get("metadata"), first_line.get("metadata")),
     )
 
 
@@ -301,11 +385,14 @@ def _checkout_session(catalogue: Catalogue, obj: dict[str, Any], created: dateti
 def _charge_or_intent(
     catalogue: Catalogue, event_type: str, obj: dict[str, Any], created: datetime
 ) -> Intent:
+    if _text(obj.get("invoice")):
+        # Up to 2024-06-20 a subscription's payment intent and charge name their invoice; its
+        # invoice.paid grants, until the line's period end, under the same key.
+        paid_by = "payment intent" if obj.get("object") == "payment_intent" else "charge"
+        return Ignore(f"{paid_by} of an invoice: its invoice.paid grants")
     if obj.get("object") == "payment_intent":
         paid = Paid(_int(obj.get("amount_received")), _currency(obj))
         return _grant(catalogue, obj, payment_key(obj), paid, created)
-    if _text(obj.get("invoice")):
-        return Ignore("charge of an invoice: its invoice.paid grants")
     if obj.get("captured") is False:
         # Only authorised: the money may never move. charge.captured grants, if it comes.
         return PaymentNote(

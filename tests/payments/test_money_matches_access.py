@@ -40,13 +40,31 @@ async def payments_stub(stack: Stack) -> AsyncIterator[payments_pb2_grpc.Payment
         yield payments_pb2_grpc.PaymentsServiceStub(channel)
 
 
+async def listed(stack: Stack, provider: str, event_id: str) -> payments_pb2.Event:
+    """The event as an operator sees it in ListEvents (newest first, so a recent one is in the
+    first page)."""
+    async with open_channel(stack.addrs["payments"], stack.settings.internal_token) as channel:
+        reply = await payments_pb2_grpc.PaymentsServiceStub(channel).ListEvents(
+            payments_pb2.ListEventsRequest(provider=provider, page_size=200)
+        )
+    return next(event for event in reply.events if event.event_id == event_id)
+
+
+def listed_status(status: str) -> int:
+    """The ListEvents status of an inbox status (processed, failed …)."""
+    return int(payments_pb2.EventStatus.Value(f"EVENT_STATUS_{status.upper()}"))
+
+
 async def deliver(
     http: aiohttp.ClientSession, stack: Stack, engine: AsyncEngine, event: dict[str, Any]
 ) -> str:
-    """Post a signed event and wait until it is applied (or kept failed): its status."""
+    """Post a signed event and wait until it is applied (or kept failed): its status, the same
+    in the inbox and in ListEvents."""
     status, _ = await post_stripe(http, stack, event)
     assert status == 200
-    return (await wait_settled(engine, "stripe", [event["id"]]))[event["id"]]
+    settled = (await wait_settled(engine, "stripe", [event["id"]]))[event["id"]]
+    assert (await listed(stack, "stripe", event["id"])).status == listed_status(settled)
+    return settled
 
 
 async def active_grants(engine: AsyncEngine, references: list[str]) -> int:
@@ -153,12 +171,18 @@ async def test_a_signed_event_that_did_not_pay_the_price_grants_nothing(
     assert await active_grants(engine, [key]) == 0
     user_id = await user_of_telegram(stack, buyer)
     assert not (await check(stack, user_id, entitlement)).active
+    # The counter rose by this one event, and the gauge of failed events waiting for an
+    # operator with it (it is refreshed on its own schedule: wait for both).
+    gauge = "paylayer_payments_inbox_failed"
     after = await eventually(
         lambda: scrape(metrics_url),
-        lambda samples: value(samples, "paylayer_payments_inbox_failed") >= 1,
+        lambda samples: (
+            failed_count(samples, reason) > failed_count(before, reason)
+            and value(samples, gauge) > value(before, gauge)
+        ),
     )
     assert failed_count(after, reason) - failed_count(before, reason) == 1
-    assert value(after, "paylayer_payments_inbox_failed") >= 1
+    assert value(after, gauge) >= value(before, gauge) + 1
 
 
 async def test_the_right_price_still_grants_lifetime_and_a_second_currency_grants(
@@ -431,6 +455,9 @@ async def test_a_won_dispute_that_arrives_first_waits_for_its_payment(
 async def test_a_new_stars_charge_under_a_reused_update_id_is_granted(
     stack: Stack, http: aiohttp.ClientSession, catalogue: Catalogue, engine: AsyncEngine
 ) -> None:
+    metrics_url = f"http://{stack.metrics_addrs['payments']}/metrics"
+    labels = {"provider": "telegram", "type": "successful_payment", "outcome": "processed"}
+    before = await scrape(metrics_url)
     buyer = new_buyer()
     update_id = 1 + secrets.randbelow(1000)  # as after Telegram restarts its count
     first, second = (
@@ -445,6 +472,16 @@ async def test_a_new_stars_charge_under_a_reused_update_id_is_granted(
         keys.append(telegram_updates.event_key(update, "successful_payment"))
     statuses = await wait_settled(engine, "telegram", keys)
     assert set(statuses.values()) == {"processed"} and len(statuses) == 2
+    for key in set(keys):
+        shown = await listed(stack, "telegram", key)
+        assert shown.status == payments_pb2.EVENT_STATUS_PROCESSED, shown
+    finished = "paylayer_payments_events_finished_total"
+    after = await eventually(
+        lambda: scrape(metrics_url),
+        lambda samples: value(samples, finished, **labels) >= value(before, finished, **labels) + 2,
+    )
+    # Two charges processed; the repeated delivery of the first is not a third.
+    assert value(after, finished, **labels) == value(before, finished, **labels) + 2
     user_id = await user_of_telegram(stack, buyer)
     reply = await eventually(lambda: check(stack, user_id, "premium"), lambda r: len(r.grants) == 2)
     assert len(reply.grants) == 2 and 59.9 < days_left(reply) <= 60
