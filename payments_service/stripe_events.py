@@ -417,7 +417,9 @@ def _subscription_sku(catalogue: Catalogue, obj: dict[str, Any], metadata: dict[
     if metadata.get("sku"):
         return sku(catalogue, metadata, 0, "")
     for price in subscriptions.item_prices(obj):
-        by_id = [s for s in catalogue.skus.values() if s.stripe_price_id == price.get("id")]
+        price_id = price.get("id")
+        # A price without an id must not match every sku that names none.
+        by_id = [s for s in catalogue.skus.values() if price_id and s.stripe_price_id == price_id]
         if len(by_id) == 1:
             return by_id[0]
         amount, currency = _int(price.get("unit_amount")), _currency(price)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from itertools import permutations
 
-from paylayer.catalogue import Sku
+import pytest
+
+from paylayer.catalogue import Catalogue, Price, Sku
 from payments_service import subscriptions
-from payments_service.intents import Payer, SubscriptionChange
+from payments_service.intents import Payer, SubscriptionChange, Unprocessable
+from payments_service.stripe_events import _subscription_sku
 
 SKU = Sku("premium_monthly", "premium", timedelta(days=30), (), 1000, recurring=True)
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -68,3 +71,34 @@ def test_grace_is_the_skus_days_past_the_paid_end_and_never_past_the_subscriptio
     assert subscriptions.grace_until(SKU, T0, T0 + timedelta(days=1)) == T0 + timedelta(days=1)
     assert subscriptions.grace_until(SKU, T0, T0 - timedelta(days=1)) is None
     assert subscriptions.grace_key("sub_1", T0) == f"sub_1:grace:{int(T0.timestamp())}"
+
+
+def test_a_price_without_an_id_is_not_taken_for_the_one_sku_that_names_none() -> None:
+    """Told apart by price id, then by amount: an item price with no id and an amount no sku
+    has tells nothing, even when only one sku in the catalogue names no Stripe price."""
+
+    def monthly(name: str, price_id: str | None, amount: int) -> Sku:
+        return Sku(
+            name=name,
+            grants="premium",
+            duration=timedelta(days=30),
+            stripe_prices=(Price(amount, "usd"),),
+            stars=None,
+            recurring=True,
+            stripe_price_id=price_id,
+        )
+
+    catalogue = Catalogue(
+        skus={
+            "by_price": monthly("by_price", "price_1Named", 2900),
+            "inline": monthly("inline", None, 1900),
+        },
+        tier_closure={"premium": frozenset({"premium"})},
+        max_accounts_by_tier={},
+        max_accounts_without_tier=1,
+    )
+    unknown_item = {"items": {"data": [{"price": {"unit_amount": 100, "currency": "usd"}}]}}
+    with pytest.raises(Unprocessable, match=r"^\[unknown_sku\]"):
+        _subscription_sku(catalogue, unknown_item, {})
+    inline_item = {"items": {"data": [{"price": {"unit_amount": 1900, "currency": "usd"}}]}}
+    assert _subscription_sku(catalogue, inline_item, {}).name == "inline"
