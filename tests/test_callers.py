@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import secrets
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -593,6 +595,33 @@ def test_caller_tokens_take_plain_and_sha256_tokens_several_per_name() -> None:
     assert callers.caller_of("Bearer bridge-token") == "mt5"  # the server holds no secret
     assert callers.caller_of("Bearer sha256=" + "0" * 64) is None
     assert callers.caller_of("bridge-token") is None
+
+
+def _paylayer(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paylayer.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_digests_a_token_from_stdin_into_an_entry_servers_accept() -> None:
+    token = secrets.token_urlsafe(32)
+    done = _paylayer("tokens", "digest", "bot", stdin=token + "\n")
+    assert done.returncode == 0, done.stderr
+    entry = done.stdout.strip()
+    assert token not in entry and entry.startswith("bot:sha256=")
+    assert CallerTokens.parse(entry).caller_of(f"Bearer {token}") == "bot"
+    assert CallerTokens.parse(entry).caller_of(f"Bearer {token}x") is None
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "two words", "a,b"])
+def test_the_cli_refuses_to_digest_what_cannot_be_a_token(stdin: str) -> None:
+    done = _paylayer("tokens", "digest", "bot", stdin=stdin)
+    assert done.returncode == 2 and not done.stdout and "token" in done.stderr
 
 
 @pytest.mark.parametrize(
