@@ -351,6 +351,19 @@ def test_the_readmes_role_table_is_the_one_the_servers_apply() -> None:
         )
 
 
+def test_the_reliability_report_counts_what_these_tests_try() -> None:
+    """docs/RELIABILITY.md states how many calls were tried: the counts of these tables and of
+    the served methods, which grow as roles and RPCs do."""
+    report = (REPO_ROOT / "docs" / "RELIABILITY.md").read_text()
+    refused = sum(len(pairs) for pairs in REFUSED.values())
+    allowed = sum(len(pairs) for pairs in ALLOWED.values())
+    methods = len(_method_paths_served())
+    assert f"| {refused} calls: each role on every service" in report
+    assert f"the allowed calls ({allowed}: each role" in report
+    assert report.count(f"| {methods} methods × 4") == 2
+    assert f"each of the {methods} methods" in report
+
+
 async def _entitlements_of(stack: Stack, user_id: str) -> entitlements_pb2.ListEntitlementsResponse:
     async with grpc.aio.insecure_channel(stack.addrs["entitlements"]) as channel:
         rpc = channel.unary_unary(
