@@ -360,7 +360,7 @@ def test_the_reliability_report_counts_what_these_tests_try() -> None:
     methods = len(_method_paths_served())
     assert f"| {refused} calls: each role on every service" in report
     assert f"the allowed calls ({allowed}: each role" in report
-    assert report.count(f"| {methods} methods × 4") == 2
+    assert report.count(f"| {methods} methods \u00d7 4") == 2  # times 4 headers
     assert f"each of the {methods} methods" in report
 
 
