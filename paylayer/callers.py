@@ -67,6 +67,9 @@ ROLES: Mapping[str, frozenset[str] | None] = {
         "CancelSubscription",
         "ResumeSubscription",
         "CreateInviteLinks",
+        # Read-only: how the bot finds the subscription_id that cancelling and resuming take.
+        "GetSubscription",
+        "ListSubscriptions",
     ),
     "mt5": _methods(ACCOUNTS, "ReportAccountSnapshot"),
     "reader": _READ,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -20,15 +23,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from entitlements_service.server import build as build_entitlements
 from paylayer.callers import (
     CALLER_NAMES,
+    EVERYTHING,
+    ROLES,
     CallerTokens,
     CallerTokensError,
+    may_call,
     token_digest_hex,
 )
 from paylayer.catalogue import load_catalogue
 from paylayer.devsecrets import complete_caller_tokens
 from paylayer.ops import processes
 from paylayer.ops.factories import stripe_event, telegram_update
-from paylayer.settings import ConfigError, Settings
+from paylayer.settings import REPO_ROOT, ConfigError, Settings
 from payments_service import telegram_updates
 from payments_service.tables import inbox
 from protos.accounts.v1 import accounts_pb2
@@ -104,6 +110,41 @@ def _replay() -> payments_pb2.ReplayEventRequest:
     return payments_pb2.ReplayEventRequest(provider="stripe", event_id="evt_none")
 
 
+def _link_account(user_id: str = "") -> accounts_pb2.LinkAccountRequest:
+    return accounts_pb2.LinkAccountRequest(
+        user_id=user_id or str(uuid.uuid4()),
+        login=secrets.randbelow(10**9) + 1,
+        server="Roles-Demo",
+        account_type=accounts_pb2.ACCOUNT_TYPE_DEMO,
+    )
+
+
+def _invoice_link() -> payments_pb2.CreateInvoiceLinkRequest:
+    return payments_pb2.CreateInvoiceLinkRequest(user_id=str(uuid.uuid4()), sku="vip_30d")
+
+
+def _checkout_session() -> payments_pb2.CreateCheckoutSessionRequest:
+    return payments_pb2.CreateCheckoutSessionRequest(telegram_user_id=_telegram_id(), sku="vip_30d")
+
+
+def _cancel_subscription() -> payments_pb2.CancelSubscriptionRequest:
+    return payments_pb2.CancelSubscriptionRequest(
+        user_id=str(uuid.uuid4()), provider="stripe", subscription_id="sub_none", at_period_end=True
+    )
+
+
+def _get_subscription() -> payments_pb2.GetSubscriptionRequest:
+    return payments_pb2.GetSubscriptionRequest(provider="stripe", subscription_id="sub_none")
+
+
+def _list_subscriptions() -> payments_pb2.ListSubscriptionsRequest:
+    return payments_pb2.ListSubscriptionsRequest(user_id=str(uuid.uuid4()), page_size=1)
+
+
+def _invite_links() -> payments_pb2.CreateInviteLinksRequest:
+    return payments_pb2.CreateInviteLinksRequest(user_id=str(uuid.uuid4()))
+
+
 def _stripe_payload() -> payments_pb2.HandleStripeEventRequest:
     # Not a purchase: recorded and ignored, so the allowed call leaves nothing to undo.
     event = {"id": f"evt_{uuid.uuid4().hex}", "type": "roles.test", "data": {"object": {}}}
@@ -126,11 +167,21 @@ ALLOWED: dict[str, list[tuple[str, Any]]] = {
     "accounts": [(ENTITLEMENTS + "CheckEntitlement", _check)],
     "bot": [
         (ACCOUNTS + "ResolveUser", lambda: _resolve(create=True)),
+        (ACCOUNTS + "LinkAccount", _link_account),
         (ENTITLEMENTS + "CheckEntitlement", _check),
         (PAYMENTS + "ListEvents", _list_events),
+        # Its writes: with no Stripe here a checkout may end UNAVAILABLE or FAILED_PRECONDITION,
+        # and an unknown subscription NOT_FOUND; what counts is that the server looked.
+        (PAYMENTS + "CreateInvoiceLink", _invoice_link),
+        (PAYMENTS + "CreateCheckoutSession", _checkout_session),
+        (PAYMENTS + "CancelSubscription", _cancel_subscription),
+        (PAYMENTS + "CreateInviteLinks", _invite_links),
+        (PAYMENTS + "GetSubscription", _get_subscription),
+        (PAYMENTS + "ListSubscriptions", _list_subscriptions),
     ],
     "mt5": [(ACCOUNTS + "ReportAccountSnapshot", _snapshot)],
     "reader": [
+        (ACCOUNTS + "ResolveUser", lambda: _resolve(create=False)),
         (ACCOUNTS + "GetAccount", _get_account),
         (ACCOUNTS + "ListAccountSnapshots", _snapshot_history),
         (ENTITLEMENTS + "CheckEntitlement", _check),
@@ -156,6 +207,7 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
         (PAYMENTS + "ListEvents", _list_events),
         (PAYMENTS + "ReconcileChannels", lambda: payments_pb2.ReconcileChannelsRequest()),
         (ENTITLEMENTS + "GrantEntitlement", lambda: _manual_grant(str(uuid.uuid4()))),
+        (ENTITLEMENTS + "ListAudit", lambda: entitlements_pb2.ListAuditRequest()),
         (ACCOUNTS + "LinkAccount", lambda: accounts_pb2.LinkAccountRequest()),
     ],
     "accounts": [
@@ -178,10 +230,12 @@ REFUSED: dict[str, list[tuple[str, Any]]] = {
     ],
     "reader": [
         (ACCOUNTS + "ResolveUser", lambda: _resolve(create=True)),
+        (ACCOUNTS + "LinkAccount", _link_account),
         (ENTITLEMENTS + "GrantEntitlement", lambda: _stripe_grant(str(uuid.uuid4()))),
         (PAYMENTS + "RefundPayment", _refund),
         (PAYMENTS + "HandleStripeEvent", _stripe_payload),
         (PAYMENTS + "ListMessages", lambda: payments_pb2.ListMessagesRequest(page_size=1)),
+        (PAYMENTS + "ListSubscriptions", _list_subscriptions),  # the bot's, not the reader's
     ],
     "operator": [],
 }
@@ -226,10 +280,88 @@ async def test_a_caller_is_refused_every_method_outside_its_role(
     assert await call(stack, caller, method, make()) == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_every_role_is_tried_against_every_service_it_touches() -> None:
-    for caller in ALLOWED:
-        touched = {m[: m.rindex("/") + 1] for m, _ in ALLOWED[caller] + REFUSED[caller]}
-        assert caller == "operator" or touched == set(SERVICE_OF), caller
+def _service_of(method: str) -> str:
+    return method[: method.rindex("/") + 1]
+
+
+def _services_with_methods_of(caller: str) -> set[str]:
+    allowed = ROLES[caller]
+    if allowed is EVERYTHING:
+        return set(SERVICE_OF)
+    return {_service_of(method) for method in allowed}
+
+
+@pytest.mark.parametrize("caller", CALLER_NAMES)
+def test_every_role_is_tried_allowed_and_refused_on_every_service(caller: str) -> None:
+    """Per service where the role has a method: one call it may make and one it may not (bar
+    the operator's, which may make them all); elsewhere, one it may not. A refusal counts here
+    only for a method outside the role, not a partial one such as ResolveUser with create."""
+    allowed_on = {_service_of(m) for m, _ in ALLOWED[caller]}
+    refused_on = {_service_of(m) for m, _ in REFUSED[caller] if not may_call(caller, m)}
+    for method, _ in ALLOWED[caller]:
+        assert may_call(caller, method), method
+    services = _services_with_methods_of(caller)
+    assert allowed_on == services
+    expected_refusals = set(SERVICE_OF) if ROLES[caller] is not EVERYTHING else set()
+    assert refused_on == expected_refusals
+
+
+def _method_paths_served() -> set[str]:
+    return {
+        f"/{service.full_name}/{method.name}"
+        for module in (accounts_pb2, entitlements_pb2, payments_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+
+
+def test_every_method_a_role_names_exists() -> None:
+    """A misspelt method in the role table would be allowed to no one, silently."""
+    served = _method_paths_served()
+    for caller, allowed in ROLES.items():
+        assert allowed is EVERYTHING or allowed <= served, (caller, allowed - served)
+
+
+def _readme_roles() -> dict[str, str]:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Internal callers", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", section, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def test_the_readmes_role_table_is_the_one_the_servers_apply() -> None:
+    by_name = {path.rsplit("/", 1)[1]: path for path in _method_paths_served()}
+    rows = _readme_roles()
+    assert list(rows) == list(ROLES)
+    for caller, text in rows.items():
+        named = re.findall(r"`(?:\w+Service\.)?([A-Z]\w+)`", text)
+        assert set(named) <= set(by_name), (caller, set(named) - set(by_name))
+        if ROLES[caller] is EVERYTHING:
+            assert text.startswith("everything"), caller
+            continue
+        documented = {by_name[name] for name in named}
+        if borrowed := re.match(r"what `(\w+)` may, plus", text):
+            inherited = ROLES[borrowed.group(1)]
+            assert inherited is not EVERYTHING
+            documented |= inherited
+        assert documented == ROLES[caller], (
+            caller,
+            sorted(documented - (ROLES[caller] or set())),
+            sorted((ROLES[caller] or set()) - documented),
+        )
+
+
+def test_the_reliability_report_counts_what_these_tests_try() -> None:
+    """docs/RELIABILITY.md states how many calls were tried: the counts of these tables and of
+    the served methods, which grow as roles and RPCs do."""
+    report = (REPO_ROOT / "docs" / "RELIABILITY.md").read_text()
+    refused = sum(len(pairs) for pairs in REFUSED.values())
+    allowed = sum(len(pairs) for pairs in ALLOWED.values())
+    methods = len(_method_paths_served())
+    assert f"| {refused} calls: each role on every service" in report
+    assert f"the allowed calls ({allowed}: each role" in report
+    assert report.count(f"| {methods} methods \u00d7 4") == 2  # times 4 headers
+    assert f"each of the {methods} methods" in report
 
 
 async def _entitlements_of(stack: Stack, user_id: str) -> entitlements_pb2.ListEntitlementsResponse:
@@ -364,6 +496,65 @@ async def test_payments_may_grant_only_what_a_payment_grants(stack: Stack) -> No
     assert grant.granted_by == "payments"
 
 
+async def test_a_manual_grant_smuggled_into_payments_batch_is_refused_and_grants_nothing(
+    stack: Stack,
+) -> None:
+    """The batch form is checked item by item: the paid grant beside it stands, the manual one
+    is refused with PERMISSION_DENIED and leaves no grant, for either user."""
+    buyer, stranger = str(uuid.uuid4()), str(uuid.uuid4())
+    batch = entitlements_pb2.GrantEntitlementsRequest(
+        grants=[_stripe_grant(buyer), _manual_grant(buyer), _manual_grant(stranger)]
+    )
+    async with grpc.aio.insecure_channel(stack.addrs["entitlements"]) as channel:
+        stub = entitlements_pb2_grpc.EntitlementsServiceStub(channel)
+        reply = await stub.GrantEntitlements(
+            batch,
+            metadata=(("authorization", f"Bearer {CALLER_TOKENS['payments']}"),),
+            timeout=10,
+        )
+    denied = grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert [result.code for result in reply.results] == [0, denied, denied]
+    [grant] = (await _entitlements_of(stack, buyer)).grants
+    assert (grant.source.provider, grant.granted_by) == ("stripe", "payments")
+    assert not (await _entitlements_of(stack, stranger)).grants
+
+
+async def test_the_bot_links_an_account_and_finds_the_subscriptions_it_may_cancel(
+    stack: Stack,
+) -> None:
+    """The bot's own writes, with the bot's token: they do what they say, not just pass the
+    door."""
+    async with grpc.aio.insecure_channel(stack.addrs["accounts"]) as channel:
+        metadata = (("authorization", f"Bearer {CALLER_TOKENS['bot']}"),)
+        resolve = channel.unary_unary(
+            ACCOUNTS + "ResolveUser",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=accounts_pb2.ResolveUserResponse.FromString,
+        )
+        resolved = await resolve(_resolve(create=True), metadata=metadata, timeout=10)
+        link = channel.unary_unary(
+            ACCOUNTS + "LinkAccount",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=accounts_pb2.LinkAccountResponse.FromString,
+        )
+        linked = await link(_link_account(resolved.user.user_id), metadata=metadata, timeout=10)
+    assert linked.created and linked.account.user_id == resolved.user.user_id
+
+    user_id = resolved.user.user_id
+    listing = payments_pb2.ListSubscriptionsRequest(user_id=user_id, page_size=10)
+    assert await call(stack, "bot", PAYMENTS + "ListSubscriptions", listing) == (grpc.StatusCode.OK)
+    assert await call(stack, "bot", PAYMENTS + "GetSubscription", _get_subscription()) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    cancel = _cancel_subscription()
+    cancel.user_id = user_id
+    assert await call(stack, "bot", PAYMENTS + "CancelSubscription", cancel) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    invoice = payments_pb2.CreateInvoiceLinkRequest(user_id=user_id, sku="vip_30d")
+    assert await call(stack, "bot", PAYMENTS + "CreateInvoiceLink", invoice) == grpc.StatusCode.OK
+
+
 async def test_a_manual_grant_records_the_caller_its_token_belongs_to(
     stack: Stack, engine: AsyncEngine
 ) -> None:
@@ -417,6 +608,33 @@ def test_caller_tokens_take_plain_and_sha256_tokens_several_per_name() -> None:
     assert callers.caller_of("Bearer bridge-token") == "mt5"  # the server holds no secret
     assert callers.caller_of("Bearer sha256=" + "0" * 64) is None
     assert callers.caller_of("bridge-token") is None
+
+
+def _paylayer(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paylayer.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_digests_a_token_from_stdin_into_an_entry_servers_accept() -> None:
+    token = secrets.token_urlsafe(32)
+    done = _paylayer("tokens", "digest", "bot", stdin=token + "\n")
+    assert done.returncode == 0, done.stderr
+    entry = done.stdout.strip()
+    assert token not in entry and entry.startswith("bot:sha256=")
+    assert CallerTokens.parse(entry).caller_of(f"Bearer {token}") == "bot"
+    assert CallerTokens.parse(entry).caller_of(f"Bearer {token}x") is None
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "two words", "a,b"])
+def test_the_cli_refuses_to_digest_what_cannot_be_a_token(stdin: str) -> None:
+    done = _paylayer("tokens", "digest", "bot", stdin=stdin)
+    assert done.returncode == 2 and not done.stdout and "token" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ command it runs exists and is the one the native tests run, and ports and settin
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from paylayer.callers import CALLER_NAMES
 from paylayer.cli import build_parser
 from paylayer.ops.services import MIGRATED, MODULES
 from paylayer.settings import DEFAULT_ADDRS, REPO_ROOT, Settings
@@ -108,11 +110,62 @@ def test_ports_and_addresses_agree_with_the_code(compose: dict[str, Any], name: 
         assert token == f"${{{name.upper()}_TOKEN:?set {name.upper()}_TOKEN}}"
 
 
+# The variables that carry a caller's token: each caller's own, and the table of them all.
+CALLER_TOKEN_VARIABLES = {f"{name.upper()}_TOKEN" for name in CALLER_NAMES} | {"CALLER_TOKENS"}
+# The processes that authenticate callers, and so read CALLER_TOKENS.
+AUTHENTICATORS = {"payments", "entitlements", "accounts", "console"}
+
+
+def _variables_referenced(value: object) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z0-9_]+)", str(value)))
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_process_holds_its_own_caller_token_and_no_one_elses(
+    compose: dict[str, Any], name: str
+) -> None:
+    """A process broken into yields its own token only: the Internet-facing gateway above all
+    must not carry CALLER_TOKENS, whose plain entries would let it call as anyone."""
+    env = compose["services"][name]["environment"]
+    referenced = set().union(*(_variables_referenced(v) for v in env.values()))
+    own = {f"{name.upper()}_TOKEN"} & CALLER_TOKEN_VARIABLES
+    if name in AUTHENTICATORS:
+        own.add("CALLER_TOKENS")
+    assert referenced & CALLER_TOKEN_VARIABLES == own
+    assert ("CALLER_TOKENS" in env) == (name in AUTHENTICATORS)
+
+
+def test_the_gateway_holds_only_its_own_token(compose: dict[str, Any]) -> None:
+    env = compose["services"]["gateway"]["environment"]
+    assert "CALLER_TOKENS" not in env
+    assert "CALLER_TOKENS" not in compose["x-env"]
+    referenced = set().union(*(_variables_referenced(v) for v in env.values()))
+    assert referenced & CALLER_TOKEN_VARIABLES == {"GATEWAY_TOKEN"}
+    assert env["INTERNAL_TOKEN"] == "${GATEWAY_TOKEN:?set GATEWAY_TOKEN}"
+
+
 def test_the_published_ports_are_the_gateways_and_the_consoles_on_loopback(
     compose: dict[str, Any],
 ) -> None:
     published = {n: s["ports"] for n, s in compose["services"].items() if s.get("ports")}
     assert published == PUBLISHED
+
+
+# Connections a process opens beside its pool: each one's dedicated LISTEN connection
+# (entitlements' cache invalidation, payments' inbox wake-up).
+OUT_OF_POOL_CONNECTIONS = {"entitlements": 1, "payments": 1}
+
+
+def test_the_out_of_pool_connections_are_the_ones_the_code_opens() -> None:
+    """A new asyncpg.connect() in a service is a connection no pool bounds: count it here."""
+    opened = {
+        service: sum(
+            path.read_text().count("asyncpg.connect(")
+            for path in (REPO_ROOT / MODULES[service]).rglob("*.py")
+        )
+        for service in APP_SERVICES
+    }
+    assert {s: n for s, n in opened.items() if n} == OUT_OF_POOL_CONNECTIONS
 
 
 def test_compose_pools_fit_in_postgres_connections(compose: dict[str, Any]) -> None:
@@ -121,8 +174,8 @@ def test_compose_pools_fit_in_postgres_connections(compose: dict[str, Any]) -> N
         for s in compose["services"].values()
         if "DATABASE_POOL_SIZE" in s.get("environment", {})
     ]
-    # Plus entitlements' LISTEN connection and the reserved superuser slots.
-    assert sum(pools) + 1 <= 100 - 3
+    # Plus the LISTEN connections outside the pools and the reserved superuser slots.
+    assert sum(pools) + sum(OUT_OF_POOL_CONNECTIONS.values()) <= 100 - 3
 
 
 def test_stop_grace_outlasts_the_services_own_grace(compose: dict[str, Any]) -> None:

@@ -168,7 +168,19 @@ def test_the_audit_refuses_rewrites_from_its_owner_too(migrated_roles_database: 
                 " VALUES ('grant', 'manual', 'owner-test', gen_random_uuid())"
             )
             with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await connection.execute(
+                    "UPDATE entitlements.audit SET reference = 'rewritten'"
+                    " WHERE reference = 'owner-test'"
+                )
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
                 await connection.execute("DELETE FROM entitlements.audit")
+            # Still there, as written.
+            assert (
+                await connection.fetchval(
+                    "SELECT count(*) FROM entitlements.audit WHERE reference = 'owner-test'"
+                )
+                == 1
+            )
         finally:
             await connection.close()
 

@@ -21,6 +21,7 @@ from paylayer.grpc_server import run_main
 from paylayer.ops.migrations import SERVICES
 from paylayer.ops.services import GRPC_SERVICES, MODULES
 from paylayer.settings import DEFAULT_ADDRS, DEFAULT_CATALOGUE_PATH, REPO_ROOT, Settings
+from tests.test_compose import OUT_OF_POOL_CONNECTIONS
 
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 BASE_DIR = K8S_DIR / "base"
@@ -420,7 +421,8 @@ def test_only_the_gateways_webhook_port_is_open_to_anyone(manifests: list[dict[s
 
 POSTGRES_MAX_CONNECTIONS = 100
 POSTGRES_RESERVED = 3  # superuser_reserved_connections
-LISTEN_CONNECTIONS = {"entitlements": 1}  # its NOTIFY listener, outside the pool
+# Each one's LISTEN connection, outside the pool (checked against the code in test_compose).
+LISTEN_CONNECTIONS = OUT_OF_POOL_CONNECTIONS
 
 
 def test_the_most_replicas_times_their_pools_fit_in_postgres_connections(
@@ -438,6 +440,8 @@ def test_the_most_replicas_times_their_pools_fit_in_postgres_connections(
         pool = int(_literal_env(_container(deployment))["DATABASE_POOL_SIZE"])
         total += (replicas + surge) * (pool + LISTEN_CONNECTIONS.get(name, 0))
     assert total <= POSTGRES_MAX_CONNECTIONS - POSTGRES_RESERVED, total
+    # The budget the README states is the one shipped.
+    assert f"Job) = {total}," in (REPO_ROOT / "deploy/k8s/README.md").read_text()
 
 
 @pytest.mark.parametrize("name", CATALOGUE_READERS)

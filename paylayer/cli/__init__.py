@@ -13,6 +13,7 @@ from paylayer.cli import (
     local,
     messages,
     payments,
+    tokens,
     trigger,
 )
 from paylayer.settings import ConfigError
@@ -21,7 +22,7 @@ from paylayer.settings import ConfigError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paylayer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (local, payments, messages, entitlements, accounts, trigger, channels):
+    for module in (local, payments, messages, entitlements, accounts, trigger, channels, tokens):
         module.register(commands)
     payments.register_checkout(commands)
     return parser
