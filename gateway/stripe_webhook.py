@@ -18,9 +18,6 @@ from protos.payments.v1 import payments_pb2
 log = logging.getLogger(__name__)
 
 TOLERANCE_SECONDS = 300
-# Stripe retries anything that is not 2xx; answering 503 well before its own timeout keeps
-# the retry fast and the gateway's connections free.
-PAYMENTS_DEADLINE_SECONDS = 1.8
 
 
 class Rejected(Exception):
@@ -97,8 +94,11 @@ async def stripe_webhook(request: web.Request) -> web.Response:
 
     request_id_var.set(f"stripe:{event['id']}")
     try:
+        # Stripe retries anything that is not 2xx; answering 503 well before its own timeout
+        # keeps the retry fast and the gateway's connections free.
         reply = await request.app[PAYMENTS].HandleStripeEvent(
-            payments_pb2.HandleStripeEventRequest(payload=body), timeout=PAYMENTS_DEADLINE_SECONDS
+            payments_pb2.HandleStripeEventRequest(payload=body),
+            timeout=settings.gateway_payments_deadline_seconds,
         )
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:

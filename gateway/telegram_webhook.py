@@ -23,7 +23,6 @@ from protos.payments.v1 import payments_pb2
 
 log = logging.getLogger(__name__)
 
-PAYMENTS_DEADLINE_SECONDS = 1.8
 TRY_AGAIN = "Payments are busy right now. Please try again in a minute."
 
 
@@ -72,7 +71,7 @@ async def telegram_webhook(request: web.Request) -> web.Response:
     try:
         reply = await request.app[PAYMENTS].HandleTelegramUpdate(
             payments_pb2.HandleTelegramUpdateRequest(payload=body),
-            timeout=PAYMENTS_DEADLINE_SECONDS,
+            timeout=settings.gateway_payments_deadline_seconds,
         )
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:

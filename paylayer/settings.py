@@ -96,6 +96,14 @@ def _period(env: Mapping[str, str], name: str, default: float) -> float:
     return seconds
 
 
+def _deadline(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds a call may take: never 0 (every call would fail at once)."""
+    seconds = _seconds(env, name, default)
+    if seconds == 0:
+        raise ConfigError(f"{name} must be more than 0")
+    return seconds
+
+
 def _stripe_livemode(env: Mapping[str, str]) -> bool:
     """`STRIPE_LIVEMODE`, else live exactly when the API key is a live one."""
     given = env.get("STRIPE_LIVEMODE", "").strip().lower()
@@ -188,6 +196,11 @@ class Settings:
     shutdown_grace_seconds: float = _setting(
         "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight work may finish after SIGTERM"
     )
+    gateway_payments_deadline_seconds: float = _setting(
+        "GATEWAY_PAYMENTS_DEADLINE_SECONDS",
+        1.8,
+        "how long the gateway waits on payments before it answers a webhook 503",
+    )
     inbox_retention_days: int = _setting(
         "INBOX_RETENTION_DAYS", 90, "processed and ignored events older leave the inbox (0: kept)"
     )
@@ -255,6 +268,9 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "INFO"),
             database_pool_size=_whole_number(env, "DATABASE_POOL_SIZE", 0),
             shutdown_grace_seconds=_seconds(env, "SHUTDOWN_GRACE_SECONDS", 10.0),
+            gateway_payments_deadline_seconds=_deadline(
+                env, "GATEWAY_PAYMENTS_DEADLINE_SECONDS", 1.8
+            ),
             inbox_retention_days=_whole_number(env, "INBOX_RETENTION_DAYS", 90),
             payments_workers=_positive(env, "PAYMENTS_WORKERS", DEFAULT_PAYMENTS_WORKERS),
             payments_outbox_lease_seconds=_period(env, "PAYMENTS_OUTBOX_LEASE_SECONDS", 60.0),

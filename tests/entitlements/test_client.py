@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +18,7 @@ from entitlements_service.client import EntitlementsClient, expires_at
 from entitlements_service.server import build
 from paylayer.ops.processes import free_port
 from paylayer.settings import Settings
-from protos.entitlements.v1 import entitlements_pb2
+from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.entitlements.conftest import DAY, new_user, paid, revoke_of
 from tests.grpc_helpers import serving
 
@@ -139,6 +141,70 @@ async def test_the_local_cache_is_dropped_when_heartbeats_stop(settings: Setting
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
+
+
+class FallsSilent(entitlements_pb2_grpc.EntitlementsServiceServicer):
+    """A server whose watch stream stays open but, once told, sends nothing more: a process
+    frozen, or a proxy holding a dead connection. Its check answers tell which state it is in."""
+
+    def __init__(self) -> None:
+        self.silent = asyncio.Event()
+        self.checks_answered = 0
+        self.streams_opened = 0
+        self.streams_ended = 0
+
+    async def WatchEntitlements(
+        self, request: entitlements_pb2.WatchEntitlementsRequest, context: Any
+    ) -> AsyncIterator[entitlements_pb2.EntitlementChange]:
+        self.streams_opened += 1
+        try:
+            while not self.silent.is_set():
+                yield entitlements_pb2.EntitlementChange(action="heartbeat")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.silent.wait(), 0.1)
+            await asyncio.Event().wait()  # open, and never another word
+        finally:
+            self.streams_ended += 1
+
+    async def CheckEntitlement(
+        self, request: entitlements_pb2.CheckEntitlementRequest, context: Any
+    ) -> entitlements_pb2.CheckEntitlementResponse:
+        self.checks_answered += 1
+        # The truth moves on while the stream says nothing: a revoke no heartbeat will carry.
+        return entitlements_pb2.CheckEntitlementResponse(active=not self.silent.is_set())
+
+
+async def test_the_local_cache_is_dropped_when_an_open_stream_goes_silent() -> None:
+    """No error, no end of stream, just no heartbeats: the client stops trusting its memory
+    and asks the server, so an answer that changed meanwhile reaches the caller."""
+    servicer = FallsSilent()
+    server = grpc.aio.server()
+    entitlements_pb2_grpc.add_EntitlementsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with EntitlementsClient(
+            f"127.0.0.1:{port}", "the-token", local_cache=True, attempts=1
+        ) as reader:
+            user = new_user()
+            deadline = time.monotonic() + 30
+            while not ((await reader.check(user, "premium")).active and reader.cached(user)):
+                assert time.monotonic() < deadline, "the answer was never cached"
+                await asyncio.sleep(0.02)
+            asked = servicer.checks_answered
+            assert (await reader.check(user, "premium")).active
+            assert servicer.checks_answered == asked, "a trusted answer was not served from memory"
+
+            servicer.silent.set()
+            deadline = time.monotonic() + 30
+            while (await reader.check(user, "premium")).active:
+                assert time.monotonic() < deadline, "a cached answer outlived its heartbeats"
+                await asyncio.sleep(0.02)
+            assert servicer.checks_answered > asked
+            # The stream was open all along: silence alone withdrew the trust.
+            assert (servicer.streams_opened, servicer.streams_ended) == (1, 0)
+    finally:
+        await server.stop(None)
 
 
 async def test_a_service_without_its_database_answers_unavailable_so_callers_retry(
