@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,26 @@ def bans_of(bot_api: FakeBotApi, telegram_user_id: int) -> int:
     )
 
 
+@dataclass(frozen=True)
+class Member:
+    telegram_user_id: int
+    user_id: str
+    access_ends: float  # time.time() when the grant ends
+
+
+async def member_for_a_while(
+    http: aiohttp.ClientSession, stack: Stack, chat: FakeChat, tier: str, seconds: float
+) -> Member:
+    """A new buyer granted `tier` for `seconds`, let into the chat with their own link."""
+    buyer = new_buyer()
+    user_id = await user_of_telegram(stack, buyer)
+    ends = time.time() + seconds
+    await grant(stack, user_id, tier, seconds=seconds)
+    await join(http, stack, chat, buyer)
+    assert await in_chat(chat, buyer, True), "the entitled buyer's join request was not approved"
+    return Member(buyer, user_id, ends)
+
+
 # --- the stories ---------------------------------------------------------------------------
 
 
@@ -288,13 +309,9 @@ async def test_pay_invite_join_expire_removed_pay_again_back(
     chats: dict[int, FakeChat],
     catalogue: Catalogue,
 ) -> None:
-    buyer = new_buyer()
-    user_id = await user_of_telegram(channel_stack, buyer)
     chat = chats[PREMIUM_CHAT]
-    await grant(channel_stack, user_id, "premium", seconds=10)
-
-    await join(http, channel_stack, chat, buyer)
-    assert await in_chat(chat, buyer, True), "the entitled buyer's join request was not approved"
+    member = await member_for_a_while(http, channel_stack, chat, "premium", seconds=10)
+    buyer, user_id = member.telegram_user_id, member.user_id
     (made,) = [c for c in bot_api.calls_of("createChatInviteLink") if c["chat_id"] == PREMIUM_CHAT]
     assert made["creates_join_request"] is True and 0 < len(made["name"]) <= 32
     # premium gives no seat in the vip chat
@@ -409,14 +426,10 @@ async def test_a_renewal_across_the_expiry_never_removes(
     bot_api: FakeBotApi,
     chats: dict[int, FakeChat],
 ) -> None:
-    buyer = new_buyer()
-    user_id = await user_of_telegram(channel_stack, buyer)
     chat = chats[PREMIUM_CHAT]
-    first_ends = time.time() + 10
-    await grant(channel_stack, user_id, "premium", seconds=10)
-    await join(http, channel_stack, chat, buyer)
-    assert await in_chat(chat, buyer, True)
-    await grant(channel_stack, user_id, "premium", days=30)  # renewed before the end
+    member = await member_for_a_while(http, channel_stack, chat, "premium", seconds=10)
+    buyer, first_ends = member.telegram_user_id, member.access_ends
+    await grant(channel_stack, member.user_id, "premium", days=30)  # renewed before the end
     assert time.time() < first_ends, "too slow to renew before the end: the test proves nothing"
     await asyncio.sleep(first_ends - time.time() + 1.5)  # the first grant's end has passed
     await reconcile(channel_stack)
@@ -489,15 +502,13 @@ async def test_an_expiry_while_payments_was_down_is_acted_on_once_after_start(
     bot_api: FakeBotApi,
     chats: dict[int, FakeChat],
 ) -> None:
-    buyer = new_buyer()
-    user_id = await user_of_telegram(channel_stack, buyer)
     chat = chats[VIP_CHAT]
-    ends = time.time() + 10
-    await grant(channel_stack, user_id, "vip", seconds=10)
-    await join(http, channel_stack, chat, buyer)
-    assert await in_chat(chat, buyer, True)
+    member = await member_for_a_while(http, channel_stack, chat, "vip", seconds=10)
+    buyer = member.telegram_user_id
     await asyncio.to_thread(channel_stack.stop, "payments")
-    await asyncio.sleep(max(0.0, ends - time.time()) + 1)  # the grant ends while it is down
+    await asyncio.sleep(
+        max(0.0, member.access_ends - time.time()) + 1
+    )  # the grant ends while it is down
     assert buyer in chat.members
     channel_stack.start("payments")
     await channel_stack.up()
