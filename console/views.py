@@ -476,22 +476,9 @@ async def user_page(request: web.Request) -> web.Response:
         entitlements_pb2.ListEntitlementsRequest(user_id=user_id, include_revoked=True)
     )
     grants = [_grant_row(g) for g in listed.grants]
-    explains = []
-    for status in listed.entitlements:
-        check = await stubs.entitlements.CheckEntitlement(
-            entitlements_pb2.CheckEntitlementRequest(
-                user_id=user_id, entitlement=status.entitlement
-            )
-        )
-        explains.append(
-            {
-                "entitlement": status.entitlement,
-                "active": check.active,
-                "lifetime": check.lifetime,
-                "expires_at": when(check.expires_at),
-                "grants": [_grant_row(g) for g in check.grants],
-            }
-        )
+    explains = [
+        await _explain(stubs, user_id, status.entitlement) for status in listed.entitlements
+    ]
     audit = await stubs.entitlements.ListAudit(
         entitlements_pb2.ListAuditRequest(user_id=user_id, limit=100)
     )
@@ -499,91 +486,127 @@ async def user_page(request: web.Request) -> web.Response:
     told = await stubs.payments.ListMessages(
         payments_pb2.ListMessagesRequest(user_id=user_id, page_size=MESSAGES_SHOWN)
     )
-    charts = []
-    for account in accounts.accounts:
-        history = await stubs.accounts.ListAccountSnapshots(
-            accounts_pb2.ListAccountSnapshotsRequest(
-                login=account.login,
-                server=account.server,
-                since=stamp_of(now - timedelta(days=CHART_DAYS)),
-                limit=10_000,
-                max_points=CHART_POINTS,
-            )
-        )
-        charts.append(
-            {
-                "login": account.login,
-                "server": account.server,
-                "type": accounts_pb2.AccountType.Name(account.account_type)
-                .removeprefix("ACCOUNT_TYPE_")
-                .lower(),
-                "suspended": account.suspended,
-                "equity": account.equity,
-                "currency": account.currency,
-                "drawdown": account.drawdown,
-                "max_drawdown": account.max_drawdown,
-                "snapshot_time": when(account.snapshot_time),
-                "points": len(history.points),
-                "json": chart_json(
-                    shape.downsample(
-                        [p.time.seconds for p in history.points],
-                        [round(p.equity, 2) for p in history.points],
-                        [round(p.drawdown * 100, 3) for p in history.points],
-                        CHART_POINTS,
-                    )
-                ),
-            }
-        )
-    bars, start, end = shape.timeline(grants, now)
-    now_left = (now - start).total_seconds() / max((end - start).total_seconds(), 1) * 100
+    charts = [await _account_chart(stubs, account, now) for account in accounts.accounts]
     return await render(
         request,
         "user.html",
         {
-            "user": {
-                "user_id": user.user_id,
-                "telegram_user_id": user.telegram_user_id or "",
-                "stripe_customer_id": user.stripe_customer_id,
-                "email": user.email,
-                "created_at": when(user.created_at),
-            },
+            "user": _user_row(user),
             "grants": grants,
             "explains": explains,
-            "audit": [
-                {
-                    "occurred_at": when(entry.occurred_at),
-                    "action": entry.action,
-                    "entitlement": entry.entitlement,
-                    "source": f"{entry.source.provider}:{entry.source.reference}",
-                    "reason": entry.reason,
-                    "actor": entry.actor,
-                    "on_behalf_of": entry.on_behalf_of,
-                }
-                for entry in audit.entries
-            ],
-            "bars": bars,
-            "rows": sorted({bar.entitlement: bar.row for bar in bars}.items(), key=lambda r: r[1]),
-            "timeline_start": start,
-            "timeline_end": end,
-            "now_left": round(min(max(now_left, 0), 100), 3),
+            "audit": [_audit_row(entry) for entry in audit.entries],
+            **_timeline(grants, now),
             "accounts": charts,
             "cap": accounts.cap,
-            "messages": [
-                {
-                    "kind": message.kind,
-                    "status": message.status,
-                    "error": message.error,
-                    "created_at": when(message.created_at),
-                    "sent_at": when(message.sent_at),
-                    "due_at": when(message.due_at),
-                }
-                for message in told.messages
-            ],
+            "messages": [_message_row(message) for message in told.messages],
             "tiers": sorted(request.app[CATALOGUE_KEY].max_accounts_by_tier),
             # Names the manual grant's source: a form submitted twice is granted once.
             "nonce": secrets.token_hex(12),
         },
     )
+
+
+# --- the user page's fetches ------------------------------------------------------------------
+
+
+async def _explain(stubs: Stubs, user_id: str, entitlement: str) -> dict[str, Any]:
+    """Why the user has this entitlement now, or not: the grants that count."""
+    check = await stubs.entitlements.CheckEntitlement(
+        entitlements_pb2.CheckEntitlementRequest(user_id=user_id, entitlement=entitlement)
+    )
+    return {
+        "entitlement": entitlement,
+        "active": check.active,
+        "lifetime": check.lifetime,
+        "expires_at": when(check.expires_at),
+        "grants": [_grant_row(g) for g in check.grants],
+    }
+
+
+async def _account_chart(
+    stubs: Stubs, account: accounts_pb2.Account, now: datetime
+) -> dict[str, Any]:
+    """A trading account with its equity and drawdown over the last CHART_DAYS."""
+    history = await stubs.accounts.ListAccountSnapshots(
+        accounts_pb2.ListAccountSnapshotsRequest(
+            login=account.login,
+            server=account.server,
+            since=stamp_of(now - timedelta(days=CHART_DAYS)),
+            limit=10_000,
+            max_points=CHART_POINTS,
+        )
+    )
+    return {
+        "login": account.login,
+        "server": account.server,
+        "type": accounts_pb2.AccountType.Name(account.account_type)
+        .removeprefix("ACCOUNT_TYPE_")
+        .lower(),
+        "suspended": account.suspended,
+        "equity": account.equity,
+        "currency": account.currency,
+        "drawdown": account.drawdown,
+        "max_drawdown": account.max_drawdown,
+        "snapshot_time": when(account.snapshot_time),
+        "points": len(history.points),
+        "json": chart_json(
+            shape.downsample(
+                [p.time.seconds for p in history.points],
+                [round(p.equity, 2) for p in history.points],
+                [round(p.drawdown * 100, 3) for p in history.points],
+                CHART_POINTS,
+            )
+        ),
+    }
+
+
+# --- the user page's view model ---------------------------------------------------------------
+
+
+def _user_row(user: accounts_pb2.User) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "telegram_user_id": user.telegram_user_id or "",
+        "stripe_customer_id": user.stripe_customer_id,
+        "email": user.email,
+        "created_at": when(user.created_at),
+    }
+
+
+def _audit_row(entry: entitlements_pb2.AuditEntry) -> dict[str, Any]:
+    return {
+        "occurred_at": when(entry.occurred_at),
+        "action": entry.action,
+        "entitlement": entry.entitlement,
+        "source": f"{entry.source.provider}:{entry.source.reference}",
+        "reason": entry.reason,
+        "actor": entry.actor,
+        "on_behalf_of": entry.on_behalf_of,
+    }
+
+
+def _message_row(message: payments_pb2.OutboxMessage) -> dict[str, Any]:
+    return {
+        "kind": message.kind,
+        "status": message.status,
+        "error": message.error,
+        "created_at": when(message.created_at),
+        "sent_at": when(message.sent_at),
+        "due_at": when(message.due_at),
+    }
+
+
+def _timeline(grants: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """The grants as bars on one time axis, one row per entitlement, and where now stands."""
+    bars, start, end = shape.timeline(grants, now)
+    now_left = (now - start).total_seconds() / max((end - start).total_seconds(), 1) * 100
+    return {
+        "bars": bars,
+        "rows": sorted({bar.entitlement: bar.row for bar in bars}.items(), key=lambda r: r[1]),
+        "timeline_start": start,
+        "timeline_end": end,
+        "now_left": round(min(max(now_left, 0), 100), 3),
+    }
 
 
 async def _existing_user(stubs: Stubs, raw: str) -> str:

@@ -59,73 +59,78 @@ REMINDER_KINDS = frozenset(rules.REMINDER_KINDS)
 # --- writing, inside the transaction of an effect ----------------------------------------------
 
 
-async def write(connection: AsyncConnection, rows: Sequence[rules.Message]) -> None:
-    """Add these messages once each; a reminder of a later end supersedes pending reminders
-    of an earlier one (stacked grants remind only before the last one ends)."""
-    if not rows:
-        return
-    values = [{**row.row(), "due_at": row.due_at or datetime.now(UTC)} for row in rows]
-    once = [v for v, row in zip(values, rows, strict=True) if row.kind not in REMINDER_KINDS]
-    reminders = [v for v, row in zip(values, rows, strict=True) if row.kind in REMINDER_KINDS]
-    if once:
-        await connection.execute(
-            insert(messages).on_conflict_do_nothing(constraint="messages_dedupe_key_key"), once
-        )
-    if reminders:
-        # An end can come back (a refund of the grant stacked on top of it): its reminders,
-        # superseded meanwhile, are due again. One already sent stays sent.
-        statement = insert(messages)
-        await connection.execute(
-            statement.on_conflict_do_update(
-                constraint="messages_dedupe_key_key",
-                set_={"status": "pending", "error": "", "due_at": statement.excluded.due_at},
-                where=messages.c.status == "superseded",
-            ),
-            reminders,
-        )
-    for row in rows:
-        if row.kind == "revoked" and row.params.get("tier"):
-            # Access was taken back: when it now ends is read again as the notice is sent.
-            await drop_reminders(connection, row.user_id, row.params["tier"])
-        if row.kind in REMINDER_KINDS and row.ends_at is not None:
-            await connection.execute(
-                update(messages)
-                .where(
-                    messages.c.user_id == row.user_id,
-                    messages.c.entitlement == row.entitlement,
-                    messages.c.status == "pending",
-                    messages.c.ends_at < row.ends_at,
-                )
-                .values(status="superseded", error="access now ends later")
+class Outbox:
+    """Messages written inside the transaction of the effect they tell of, on its connection:
+    they commit with it, or not at all."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def write(self, rows: Sequence[rules.Message]) -> None:
+        """Add these messages once each; a reminder of a later end supersedes pending reminders
+        of an earlier one (stacked grants remind only before the last one ends)."""
+        if not rows:
+            return
+        values = [{**row.row(), "due_at": row.due_at or datetime.now(UTC)} for row in rows]
+        once = [v for v, row in zip(values, rows, strict=True) if row.kind not in REMINDER_KINDS]
+        reminders = [v for v, row in zip(values, rows, strict=True) if row.kind in REMINDER_KINDS]
+        if once:
+            await self._connection.execute(
+                insert(messages).on_conflict_do_nothing(constraint="messages_dedupe_key_key"), once
             )
+        if reminders:
+            # An end can come back (a refund of the grant stacked on top of it): its reminders,
+            # superseded meanwhile, are due again. One already sent stays sent.
+            statement = insert(messages)
+            await self._connection.execute(
+                statement.on_conflict_do_update(
+                    constraint="messages_dedupe_key_key",
+                    set_={"status": "pending", "error": "", "due_at": statement.excluded.due_at},
+                    where=messages.c.status == "superseded",
+                ),
+                reminders,
+            )
+        for row in rows:
+            if row.kind == "revoked" and row.params.get("tier"):
+                # Access was taken back: when it now ends is read again as the notice is sent.
+                await self.drop_reminders(row.user_id, row.params["tier"])
+            if row.kind in REMINDER_KINDS and row.ends_at is not None:
+                await self._connection.execute(
+                    update(messages)
+                    .where(
+                        messages.c.user_id == row.user_id,
+                        messages.c.entitlement == row.entitlement,
+                        messages.c.status == "pending",
+                        messages.c.ends_at < row.ends_at,
+                    )
+                    .values(status="superseded", error="access now ends later")
+                )
 
-
-async def remember_languages(connection: AsyncConnection, languages: dict[int, str]) -> None:
-    """The language_code each Telegram user last showed (an empty one changes nothing)."""
-    rows = [{"telegram_user_id": k, "language_code": v} for k, v in languages.items() if v]
-    if not rows:
-        return
-    statement = insert(telegram_users)
-    await connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=[telegram_users.c.telegram_user_id],
-            set_={"language_code": statement.excluded.language_code, "updated_at": func.now()},
-        ),
-        rows,
-    )
-
-
-async def drop_reminders(connection: AsyncConnection, user_id: str, entitlement: str) -> None:
-    """Access was taken back: its pending reminders no longer hold."""
-    await connection.execute(
-        update(messages)
-        .where(
-            messages.c.user_id == user_id,
-            messages.c.entitlement == entitlement,
-            messages.c.status == "pending",
+    async def remember_languages(self, languages: dict[int, str]) -> None:
+        """The language_code each Telegram user last showed (an empty one changes nothing)."""
+        rows = [{"telegram_user_id": k, "language_code": v} for k, v in languages.items() if v]
+        if not rows:
+            return
+        statement = insert(telegram_users)
+        await self._connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[telegram_users.c.telegram_user_id],
+                set_={"language_code": statement.excluded.language_code, "updated_at": func.now()},
+            ),
+            rows,
         )
-        .values(status="superseded", error="access was revoked")
-    )
+
+    async def drop_reminders(self, user_id: str, entitlement: str) -> None:
+        """Access was taken back: its pending reminders no longer hold."""
+        await self._connection.execute(
+            update(messages)
+            .where(
+                messages.c.user_id == user_id,
+                messages.c.entitlement == entitlement,
+                messages.c.status == "pending",
+            )
+            .values(status="superseded", error="access was revoked")
+        )
 
 
 # --- the outbox's own statements ---------------------------------------------------------------
@@ -341,7 +346,7 @@ class Sender:
             tier = row.params.get("tier", "")
             async with self._engine.begin() as connection:
                 # Again now: a receipt sent meanwhile may have written reminders of the old end.
-                await drop_reminders(connection, row.user_id, tier)
+                await Outbox(connection).drop_reminders(row.user_id, tier)
             left = await self.downstream.entitlement_now(row.user_id, tier)
             await self._schedule_reminders(row, chat_id, left)
         elif kind in REMINDER_KINDS:
@@ -419,7 +424,7 @@ class Sender:
             now=datetime.now(UTC),
         )
         async with self._engine.begin() as connection:
-            await write(connection, due)
+            await Outbox(connection).write(due)
 
     async def _still_holds(self, row: Any) -> bool:
         """Whether the end a reminder announces is still the end of access."""

@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from paylayer.catalogue import Catalogue
 from paylayer.logs import request_id_var
 from paylayer.settings import DEFAULT_PAYMENTS_WORKERS
-from payments_service import messages, outbox, stripe_events, subscription_effects, telegram_updates
+from payments_service import messages, stripe_events, subscription_effects, telegram_updates
 from payments_service.channels import ChannelAccess
 from payments_service.downstream import Downstream, Retryable, grant_request, reinstated_key
 from payments_service.intents import (
@@ -58,6 +58,7 @@ from payments_service.intents import (
 from payments_service.metrics import EVENT_RETRIES, EVENTS_FAILED, EVENTS_FINISHED
 from payments_service.store import Event, Store
 from payments_service.tables import INBOX_CHANNEL
+from payments_service.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,11 @@ class Processor:
         stripe_livemode: bool = False,
         database_url: str = "",
         batch_size: int = BATCH_SIZE,
+        begin: Callable[[], UnitOfWork] | None = None,
     ) -> None:
         self.store = store
+        # Each effect's transaction: the ledger and the outbox on one connection.
+        self.begin = begin or (lambda: UnitOfWork(store.engine))
         self.downstream = downstream
         self.catalogue = catalogue
         self._workers = workers
@@ -299,7 +303,7 @@ class Processor:
         # payments handled meanwhile sees them. A one-off card payment already known to have
         # paid an invoice grants nothing: the invoice's grant stands for it.
         try:
-            async with self.store.transaction() as connection:
+            async with self.begin() as uow:
                 by_provider: dict[str, list[str]] = {}
                 for purchase in resolved:
                     by_provider.setdefault(purchase.grant.provider, []).append(
@@ -307,11 +311,9 @@ class Processor:
                     )
                 paid_invoices: dict[str, str] = {}
                 for provider, keys in sorted(by_provider.items()):
-                    await self.store.lock_payments(connection, provider, keys)
+                    await uow.ledger.lock_payments(provider, keys)
                     if provider == stripe_events.PROVIDER:
-                        paid_invoices = await self.store.invoices_of_payments(
-                            connection, provider, keys
-                        )
+                        paid_invoices = await uow.ledger.invoices_of_payments(provider, keys)
                 to_grant = [
                     p
                     for p in resolved
@@ -319,9 +321,10 @@ class Processor:
                     or p.grant.payment_key not in paid_invoices
                     or p.grant.provider != stripe_events.PROVIDER
                 ]
-                await self.store.upsert_payments(
-                    connection, [_ledger_row(p.grant, p.user_id) for p in to_grant]
+                await uow.ledger.upsert_payments(
+                    [_ledger_row(p.grant, p.user_id) for p in to_grant]
                 )
+                await uow.commit()
         except Exception as error:
             await self._batch_failed(resolved, error)
             return
@@ -378,12 +381,13 @@ class Processor:
         notices: list[messages.Message] | None = None,
     ) -> None:
         try:
-            async with self.store.transaction() as connection:
-                await self.store.finish_claimed(connection, finished)
+            async with self.begin() as uow:
+                await uow.ledger.finish_claimed(finished)
                 # What users are told commits with the effect, or not at all.
                 if notices:
-                    await outbox.write(connection, notices)
-                    await outbox.remember_languages(connection, _languages(notices))
+                    await uow.outbox.write(notices)
+                    await uow.outbox.remember_languages(_languages(notices))
+                await uow.commit()
         except Exception as error:
             for event, *_ in finished:
                 await self._count_failure(event, error)
@@ -419,9 +423,8 @@ class Processor:
         if isinstance(intent, Reinstate):
             return await self._reinstate(intent, event_ref)
         if isinstance(intent, PaymentNote):
-            async with self.store.transaction() as connection:
-                await self.store.upsert_payment(
-                    connection,
+            async with self.begin() as uow:
+                await uow.ledger.upsert_payment(
                     provider=intent.provider,
                     payment_key=intent.payment_key,
                     status=intent.status,
@@ -429,12 +432,14 @@ class Processor:
                     currency=intent.currency,
                     amount_refunded=intent.amount_refunded,
                 )
+                await uow.commit()
             return _Done(intent.payment_key)
         if isinstance(intent, SubscriptionChange):
-            async with self.store.transaction() as connection:
+            async with self.begin() as uow:
                 user_id = await subscription_effects.apply_change(
-                    self.store, self.downstream, connection, intent, event_ref
+                    uow.ledger, self.downstream, intent, event_ref
                 )
+                await uow.commit()
             notices = []
             if intent.status == "past_due":
                 notices.append(
@@ -457,22 +462,25 @@ class Processor:
         if _is_subscription_period(intent):
             # Noted on its subscription, and never granted past its end. The subscription's
             # lock is held across these calls: its events are rare, and must see each other.
-            async with self.store.transaction() as connection:
+            async with self.begin() as uow:
                 intent = await subscription_effects.before_grant(
-                    self.store, self.downstream, connection, intent, event_ref
+                    uow.ledger, self.downstream, intent, event_ref
                 )
+                await uow.commit()
         user_id = await self.downstream.resolve_payer(intent.payer)
-        async with self.store.transaction() as connection:
-            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
+        async with self.begin() as uow:
+            await uow.ledger.lock_payment(intent.provider, intent.payment_key)
             if intent.invoice_id is None and intent.provider == stripe_events.PROVIDER:
-                invoice_id = await self.store.invoice_of_payment(
-                    connection, intent.provider, intent.payment_key
+                invoice_id = await uow.ledger.invoice_of_payment(
+                    intent.provider, intent.payment_key
                 )
                 if invoice_id is not None:
+                    await uow.commit()
                     return _Done(
                         intent.payment_key, f"payment of invoice {invoice_id}: the invoice grants"
                     )
-            await self.store.upsert_payments(connection, [_ledger_row(intent, user_id)])
+            await uow.ledger.upsert_payments([_ledger_row(intent, user_id)])
+            await uow.commit()
         await self.downstream.grant(
             user_id=user_id,
             sku=intent.sku,
@@ -488,16 +496,14 @@ class Processor:
         """Revoke the payment's grant, the grant of the invoice it paid if any, and the time a
         won dispute gave back. A revoke before its payment leaves a tombstone: the later grant
         stays revoked."""
-        async with self.store.transaction() as connection:
-            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-            invoice_id = await self.store.invoice_of_payment(
-                connection, intent.provider, intent.payment_key
-            )
+        async with self.begin() as uow:
+            await uow.ledger.lock_payment(intent.provider, intent.payment_key)
+            invoice_id = await uow.ledger.invoice_of_payment(intent.provider, intent.payment_key)
             keys = [key for key in (intent.payment_key, invoice_id) if key is not None]
             given_back = []
             notices = []
             for key in keys:
-                payment = await self.store.payment_row(connection, intent.provider, key)
+                payment = await uow.ledger.payment_row(intent.provider, key)
                 if (
                     payment is not None
                     and payment["user_id"]
@@ -514,13 +520,13 @@ class Processor:
                     )
                 if payment is not None and payment["status"] == "dispute_won":
                     given_back.append(reinstated_key(key))
-                await self.store.upsert_payment(
-                    connection,
+                await uow.ledger.upsert_payment(
                     provider=intent.provider,
                     payment_key=key,
                     status=intent.status,
                     amount_refunded=intent.amount_refunded,
                 )
+            await uow.commit()
         for key in keys + given_back:
             await self.downstream.revoke(
                 provider=intent.provider, payment_key=key, event_id=event_ref, reason=intent.status
@@ -532,16 +538,15 @@ class Processor:
         refund or dispute of the payment revokes the invoice's grant too, and a grant the
         payment's own charge made is undone (the invoice's grant stands for the purchase)."""
         revoke: tuple[str, str] | None = None
-        async with self.store.transaction() as connection:
-            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-            await self.store.link_invoice_payment(
-                connection, intent.provider, intent.payment_key, intent.invoice_id
+        async with self.begin() as uow:
+            await uow.ledger.lock_payment(intent.provider, intent.payment_key)
+            await uow.ledger.link_invoice_payment(
+                intent.provider, intent.payment_key, intent.invoice_id
             )
-            payment = await self.store.payment_row(connection, intent.provider, intent.payment_key)
+            payment = await uow.ledger.payment_row(intent.provider, intent.payment_key)
             if payment is not None and payment["status"] in _MONEY_BACK:
                 revoke = (intent.invoice_id, payment["status"])
-                await self.store.upsert_payment(
-                    connection,
+                await uow.ledger.upsert_payment(
                     provider=intent.provider,
                     payment_key=intent.invoice_id,
                     status=payment["status"],
@@ -549,13 +554,13 @@ class Processor:
                 )
             elif payment is not None and payment["sku"] and payment["invoice_id"] is None:
                 revoke = (intent.payment_key, f"superseded by invoice {intent.invoice_id}")
-                await self.store.upsert_payment(
-                    connection,
+                await uow.ledger.upsert_payment(
                     provider=intent.provider,
                     payment_key=intent.payment_key,
                     status="superseded",
                     invoice_id=intent.invoice_id,
                 )
+            await uow.commit()
         if revoke is not None:
             await self.downstream.revoke(
                 provider=intent.provider,
@@ -568,15 +573,16 @@ class Processor:
     async def _reinstate(self, intent: Reinstate, event_ref: str) -> _Done:
         """A won dispute gives back the time its revoke took, as a grant of its own placed
         where the disputed one stood."""
-        async with self.store.transaction() as connection:
-            await self.store.lock_payment(connection, intent.provider, intent.payment_key)
-            disputed = await self.store.payment_row(connection, intent.provider, intent.payment_key)
+        async with self.begin() as uow:
+            await uow.ledger.lock_payment(intent.provider, intent.payment_key)
+            disputed = await uow.ledger.payment_row(intent.provider, intent.payment_key)
             # A payment that paid an invoice: the invoice's grant is the one that stands for it.
             key = (
-                await self.store.invoice_of_payment(connection, intent.provider, intent.payment_key)
+                await uow.ledger.invoice_of_payment(intent.provider, intent.payment_key)
                 or intent.payment_key
             )
-            granted = await self.store.payment_row(connection, intent.provider, key)
+            granted = await uow.ledger.payment_row(intent.provider, key)
+            await uow.commit()
         if disputed is not None and disputed["status"] == "dispute_won":
             return _Done(intent.payment_key)
         if disputed is not None and disputed["status"] == "refunded":
@@ -590,11 +596,12 @@ class Processor:
             payment_key=key,
             event_id=event_ref,
         )
-        async with self.store.transaction() as connection:
+        async with self.begin() as uow:
             for settled in {key, intent.payment_key}:
-                await self.store.upsert_payment(
-                    connection, provider=intent.provider, payment_key=settled, status="dispute_won"
+                await uow.ledger.upsert_payment(
+                    provider=intent.provider, payment_key=settled, status="dispute_won"
                 )
+            await uow.commit()
         return _Done(intent.payment_key)
 
     # --- failures ------------------------------------------------------------------------------

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from paylayer.catalogue import load_catalogue
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paylayer.catalogue import Catalogue, load_catalogue
 from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.grpc_server import GrpcService
@@ -15,65 +20,165 @@ from payments_service.channel_store import ChannelStore
 from payments_service.channels import ChannelAccess
 from payments_service.checkout import Checkout
 from payments_service.downstream import Downstream
-from payments_service.messages import MessagesFileError, load_texts
+from payments_service.messages import MessagesFileError, Texts, load_texts
 from payments_service.metrics import watch_inbox
-from payments_service.outbox import ReceiptContext, Sender
+from payments_service.outbox import ReceiptContext, ReceiptExtra, Sender
 from payments_service.processor import Processor
 from payments_service.retention import forget_old_events
 from payments_service.servicer import PaymentsServicer
 from payments_service.store import Store
 from payments_service.stripe_api import StripeApi
+from payments_service.unit_of_work import UnitOfWork
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Clients:
+    """What this service calls: the other two services and Telegram's and Stripe's APIs."""
+
+    accounts: grpc.aio.Channel
+    entitlements: grpc.aio.Channel
+    bot: BotApi
+    stripe_api: StripeApi
+
+    async def close(self) -> None:
+        await self.accounts.close()
+        await self.entitlements.close()
+        await self.bot.close()
+        await self.stripe_api.close()
+
+
 def build(settings: Settings) -> GrpcService:
-    engine = create_engine(
+    engine = _engine(settings)
+    catalogue = load_catalogue(settings.catalogue_path)
+    texts = _texts(settings)
+    clients = _clients(settings)
+    store = Store(engine)
+    downstream = Downstream(clients.accounts, clients.entitlements)
+    processor = _processor(settings, engine, store, downstream, catalogue)
+    channels = _channel_access(settings, engine, clients, catalogue)
+    processor.channels = channels
+    checkout = _checkout(settings, store, processor, catalogue, clients)
+    sender = _outbox_sender(settings, engine, clients.bot, downstream, catalogue, texts, checkout)
+    sender.receipt_extras.append(_invite_lines(channels, texts))
+    processor.on_notices = sender.kick
+    servicer = PaymentsServicer(store, processor, catalogue, clients.bot, checkout, channels)
+    return _service(settings, engine, servicer, store, processor, sender, channels, clients)
+
+
+# --- engine and stores ---------------------------------------------------------------------------
+
+
+def _engine(settings: Settings) -> AsyncEngine:
+    return create_engine(
         settings.database_url,
         application_name="payments",
         pool_size=20,
         max_connections=settings.database_pool_size,
     )
-    catalogue = load_catalogue(settings.catalogue_path)
+
+
+def _texts(settings: Settings) -> Texts:
     try:
-        texts = load_texts(settings.messages_path)
+        return load_texts(settings.messages_path)
     except MessagesFileError as error:
         raise ConfigError(f"MESSAGES_PATH: {error}") from None
+
+
+# --- downstream clients --------------------------------------------------------------------------
+
+
+def _clients(settings: Settings) -> _Clients:
     tls = GrpcTls.from_settings(settings)
-    accounts = open_channel(settings.accounts_addr, settings.internal_token, tls=tls)
-    entitlements = open_channel(settings.entitlements_addr, settings.internal_token, tls=tls)
-    bot = BotApi(settings.telegram_api_base, settings.telegram_bot_token)
-    store = Store(engine)
-    downstream = Downstream(accounts, entitlements)
-    processor = Processor(
+    return _Clients(
+        accounts=open_channel(settings.accounts_addr, settings.internal_token, tls=tls),
+        entitlements=open_channel(settings.entitlements_addr, settings.internal_token, tls=tls),
+        bot=BotApi(settings.telegram_api_base, settings.telegram_bot_token),
+        stripe_api=StripeApi(settings.stripe_api_key, settings.stripe_api_base),
+    )
+
+
+# --- processor, channels and checkout ------------------------------------------------------------
+
+
+def _processor(
+    settings: Settings,
+    engine: AsyncEngine,
+    store: Store,
+    downstream: Downstream,
+    catalogue: Catalogue,
+) -> Processor:
+    return Processor(
         store,
         downstream,
         catalogue,
         workers=settings.payments_workers,
         stripe_livemode=settings.stripe_livemode,
         database_url=settings.database_url,
+        begin=lambda: UnitOfWork(engine),
     )
-    channels = ChannelAccess(
+
+
+def _channel_access(
+    settings: Settings, engine: AsyncEngine, clients: _Clients, catalogue: Catalogue
+) -> ChannelAccess:
+    return ChannelAccess(
         ChannelStore(engine),
-        bot,
+        clients.bot,
         catalogue,
-        accounts,
-        entitlements,
+        clients.accounts,
+        clients.entitlements,
         interval_seconds=settings.channels_reconcile_seconds,
     )
-    processor.channels = channels
-    stripe_api = StripeApi(settings.stripe_api_key, settings.stripe_api_base)
-    checkout = Checkout(
+
+
+def _checkout(
+    settings: Settings,
+    store: Store,
+    processor: Processor,
+    catalogue: Catalogue,
+    clients: _Clients,
+) -> Checkout:
+    return Checkout(
         store=store,
         processor=processor,
         catalogue=catalogue,
-        stripe_api=stripe_api,
-        bot=bot,
-        accounts=accounts,
+        stripe_api=clients.stripe_api,
+        bot=clients.bot,
+        accounts=clients.accounts,
         success_url=settings.checkout_success_url,
         cancel_url=settings.checkout_cancel_url,
     )
+
+
+# --- the outbox's sender -------------------------------------------------------------------------
+
+
+def _outbox_sender(
+    settings: Settings,
+    engine: AsyncEngine,
+    bot: BotApi,
+    downstream: Downstream,
+    catalogue: Catalogue,
+    texts: Texts,
+    checkout: Checkout,
+) -> Sender:
+    return Sender(
+        engine,
+        bot,
+        downstream,
+        catalogue,
+        texts,
+        checkout_link=_renewal_link(checkout),
+        # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
+        lease_seconds=settings.payments_outbox_lease_seconds,
+    )
+
+
+def _renewal_link(checkout: Checkout) -> Callable[[str, str, int], Awaitable[str]]:
+    """A reminder's link to pay for the next period: a Checkout session of its own."""
 
     async def checkout_link(user_id: str, sku_name: str, message_id: int) -> str:
         url, _ = await checkout.create_checkout_session(
@@ -86,18 +191,10 @@ def build(settings: Settings) -> GrpcService:
         )
         return url
 
-    sender = Sender(
-        engine,
-        bot,
-        downstream,
-        catalogue,
-        texts,
-        checkout_link=checkout_link,
-        # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
-        lease_seconds=settings.payments_outbox_lease_seconds,
-    )
-    processor.on_notices = sender.kick
+    return checkout_link
 
+
+def _invite_lines(channels: ChannelAccess, texts: Texts) -> ReceiptExtra:
     async def invite_lines(receipt: ReceiptContext) -> list[str]:
         """The buyer's own invite link to each chat of the tier they are not in yet."""
         if not channels.enabled:
@@ -117,15 +214,25 @@ def build(settings: Settings) -> GrpcService:
             for _, link in sorted(links.items())
         ]
 
-    sender.receipt_extras.append(invite_lines)
-    servicer = PaymentsServicer(store, processor, catalogue, bot, checkout, channels)
+    return invite_lines
 
+
+# --- servicer and server -------------------------------------------------------------------------
+
+
+def _service(
+    settings: Settings,
+    engine: AsyncEngine,
+    servicer: PaymentsServicer,
+    store: Store,
+    processor: Processor,
+    sender: Sender,
+    channels: ChannelAccess,
+    clients: _Clients,
+) -> GrpcService:
     async def close() -> None:
         await processor.drain()
-        await accounts.close()
-        await entitlements.close()
-        await bot.close()
-        await stripe_api.close()
+        await clients.close()
 
     return GrpcService(
         name="payments",

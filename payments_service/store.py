@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -184,6 +182,166 @@ def _upsert_payment_statement() -> Any:
 _UPSERT_PAYMENT = _upsert_payment_statement()
 
 
+class Ledger:
+    """The SQL a payment's effect runs in one transaction, on the connection of the unit of
+    work that made it (payments_service.unit_of_work): payment locks, ledger rows, invoice
+    links, subscriptions, and the end of the inbox events applied."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def lock_payments(self, provider: str, keys: list[str]) -> None:
+        if keys:
+            await self._connection.execute(
+                _LOCK_PAYMENTS, {"keys": [f"{provider}:{key}" for key in keys]}
+            )
+
+    async def finish_claimed(self, finished: list[tuple[Event, str, str, str | None]]) -> None:
+        """Mark claimed events done: (event, status, error, payment key) each."""
+        if finished:
+            await self._connection.execute(
+                _FINISH_CLAIMED,
+                [
+                    {"inbox_id": e.id, "status": status, "error": error, "payment_key": key}
+                    for e, status, error, key in finished
+                ],
+            )
+
+    async def invoices_of_payments(self, provider: str, keys: list[str]) -> dict[str, str]:
+        rows = await self._connection.execute(
+            select(invoice_payments.c.payment_key, invoice_payments.c.invoice_id).where(
+                invoice_payments.c.provider == provider,
+                invoice_payments.c.payment_key.in_(keys),
+            )
+        )
+        return {row.payment_key: row.invoice_id for row in rows}
+
+    async def upsert_payments(self, rows: list[dict[str, Any]]) -> None:
+        """`upsert_payment` for many rows in one round trip (each row with every column)."""
+        if rows:
+            await self._connection.execute(_UPSERT_PAYMENT, rows)
+
+    async def lock_payment(self, provider: str, payment_key: str) -> None:
+        """Serialise every event of one payment until the transaction ends.
+
+        A refund and the link of its payment to an invoice, handled at once by two workers,
+        would otherwise each miss what the other is writing.
+        """
+        await self._connection.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key"), 0))),
+            {"key": f"{provider}:{payment_key}"},
+        )
+
+    async def invoice_of_payment(self, provider: str, payment_key: str) -> str | None:
+        found = await self._connection.scalar(
+            select(invoice_payments.c.invoice_id).where(
+                invoice_payments.c.provider == provider,
+                invoice_payments.c.payment_key == payment_key,
+            )
+        )
+        return str(found) if found is not None else None
+
+    async def link_invoice_payment(self, provider: str, payment_key: str, invoice_id: str) -> None:
+        await self._connection.execute(
+            insert(invoice_payments)
+            .values(provider=provider, payment_key=payment_key, invoice_id=invoice_id)
+            .on_conflict_do_nothing(constraint="invoice_payments_pkey")
+        )
+
+    async def payment_row(self, provider: str, payment_key: str) -> dict[str, Any] | None:
+        row = (
+            await self._connection.execute(
+                select(payments).where(
+                    payments.c.provider == provider, payments.c.payment_key == payment_key
+                )
+            )
+        ).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def upsert_payment(
+        self,
+        *,
+        provider: str,
+        payment_key: str,
+        status: str,
+        user_id: str | None = None,
+        sku: str | None = None,
+        amount: int = 0,
+        currency: str = "",
+        amount_refunded: int = 0,
+        subscription_id: str | None = None,
+        purchased_at: datetime | None = None,
+        invoice_id: str | None = None,
+    ) -> None:
+        await self._connection.execute(
+            _UPSERT_PAYMENT,
+            {
+                "provider": provider,
+                "payment_key": payment_key,
+                "status": status,
+                "user_id": user_id,
+                "sku": sku,
+                "amount": amount,
+                "currency": currency,
+                "amount_refunded": amount_refunded,
+                "subscription_id": subscription_id,
+                "purchased_at": purchased_at,
+                "invoice_id": invoice_id,
+            },
+        )
+
+    async def set_subscription_state(self, provider: str, subscription_id: str, state: str) -> int:
+        result = await self._connection.execute(
+            update(payments)
+            .where(payments.c.provider == provider, payments.c.subscription_id == subscription_id)
+            .values(subscription_state=state, updated_at=func.now())
+        )
+        return int(result.rowcount or 0)
+
+    async def subscription_row(self, provider: str, subscription_id: str) -> dict[str, Any] | None:
+        row = (
+            await self._connection.execute(
+                select(subscriptions).where(
+                    subscriptions.c.provider == provider,
+                    subscriptions.c.subscription_id == subscription_id,
+                )
+            )
+        ).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def save_subscription(
+        self,
+        provider: str,
+        subscription_id: str,
+        values: dict[str, Any],
+    ) -> None:
+        """Write the merged state (the caller holds the subscription's lock)."""
+        statement = insert(subscriptions).values(
+            provider=provider, subscription_id=subscription_id, **values
+        )
+        await self._connection.execute(
+            statement.on_conflict_do_update(
+                constraint="subscriptions_pkey",
+                set_={
+                    **{name: statement.excluded[name] for name in values if name != "user_id"},
+                    "user_id": func.coalesce(subscriptions.c.user_id, statement.excluded.user_id),
+                    "updated_at": func.now(),
+                },
+            )
+        )
+
+    async def subscription_payment_keys(self, provider: str, subscription_id: str) -> list[str]:
+        """The purchases that paid this subscription's periods (their grants' sources)."""
+        return list(
+            await self._connection.scalars(
+                select(payments.c.payment_key).where(
+                    payments.c.provider == provider,
+                    payments.c.subscription_id == subscription_id,
+                )
+            )
+        )
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -246,50 +404,6 @@ class Store:
         async with self._single.connect() as connection:
             await connection.execute(_RELEASE, {"worker": worker})
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as connection:
-            yield connection
-
-    @staticmethod
-    async def lock_payments(connection: AsyncConnection, provider: str, keys: list[str]) -> None:
-        if keys:
-            await connection.execute(
-                _LOCK_PAYMENTS, {"keys": [f"{provider}:{key}" for key in keys]}
-            )
-
-    @staticmethod
-    async def finish_claimed(
-        connection: AsyncConnection, finished: list[tuple[Event, str, str, str | None]]
-    ) -> None:
-        """Mark claimed events done: (event, status, error, payment key) each."""
-        if finished:
-            await connection.execute(
-                _FINISH_CLAIMED,
-                [
-                    {"inbox_id": e.id, "status": status, "error": error, "payment_key": key}
-                    for e, status, error, key in finished
-                ],
-            )
-
-    @staticmethod
-    async def invoices_of_payments(
-        connection: AsyncConnection, provider: str, keys: list[str]
-    ) -> dict[str, str]:
-        rows = await connection.execute(
-            select(invoice_payments.c.payment_key, invoice_payments.c.invoice_id).where(
-                invoice_payments.c.provider == provider,
-                invoice_payments.c.payment_key.in_(keys),
-            )
-        )
-        return {row.payment_key: row.invoice_id for row in rows}
-
-    @staticmethod
-    async def upsert_payments(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        """`upsert_payment` for many rows in one round trip (each row with every column)."""
-        if rows:
-            await connection.execute(_UPSERT_PAYMENT, rows)
-
     async def count_failed_attempt(
         self, event: Event, error: str, delay: timedelta, *, give_up: bool
     ) -> bool:
@@ -310,97 +424,6 @@ class Store:
                 },
             )
             return bool(result.rowcount)
-
-    @staticmethod
-    async def lock_payment(connection: AsyncConnection, provider: str, payment_key: str) -> None:
-        """Serialise every event of one payment until the transaction ends.
-
-        A refund and the link of its payment to an invoice, handled at once by two workers,
-        would otherwise each miss what the other is writing.
-        """
-        await connection.execute(
-            select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key"), 0))),
-            {"key": f"{provider}:{payment_key}"},
-        )
-
-    @staticmethod
-    async def invoice_of_payment(
-        connection: AsyncConnection, provider: str, payment_key: str
-    ) -> str | None:
-        found = await connection.scalar(
-            select(invoice_payments.c.invoice_id).where(
-                invoice_payments.c.provider == provider,
-                invoice_payments.c.payment_key == payment_key,
-            )
-        )
-        return str(found) if found is not None else None
-
-    @staticmethod
-    async def link_invoice_payment(
-        connection: AsyncConnection, provider: str, payment_key: str, invoice_id: str
-    ) -> None:
-        await connection.execute(
-            insert(invoice_payments)
-            .values(provider=provider, payment_key=payment_key, invoice_id=invoice_id)
-            .on_conflict_do_nothing(constraint="invoice_payments_pkey")
-        )
-
-    @staticmethod
-    async def payment_row(
-        connection: AsyncConnection, provider: str, payment_key: str
-    ) -> dict[str, Any] | None:
-        row = (
-            await connection.execute(
-                select(payments).where(
-                    payments.c.provider == provider, payments.c.payment_key == payment_key
-                )
-            )
-        ).first()
-        return dict(row._mapping) if row is not None else None
-
-    @staticmethod
-    async def upsert_payment(
-        connection: AsyncConnection,
-        *,
-        provider: str,
-        payment_key: str,
-        status: str,
-        user_id: str | None = None,
-        sku: str | None = None,
-        amount: int = 0,
-        currency: str = "",
-        amount_refunded: int = 0,
-        subscription_id: str | None = None,
-        purchased_at: datetime | None = None,
-        invoice_id: str | None = None,
-    ) -> None:
-        await connection.execute(
-            _UPSERT_PAYMENT,
-            {
-                "provider": provider,
-                "payment_key": payment_key,
-                "status": status,
-                "user_id": user_id,
-                "sku": sku,
-                "amount": amount,
-                "currency": currency,
-                "amount_refunded": amount_refunded,
-                "subscription_id": subscription_id,
-                "purchased_at": purchased_at,
-                "invoice_id": invoice_id,
-            },
-        )
-
-    @staticmethod
-    async def set_subscription_state(
-        connection: AsyncConnection, provider: str, subscription_id: str, state: str
-    ) -> int:
-        result = await connection.execute(
-            update(payments)
-            .where(payments.c.provider == provider, payments.c.subscription_id == subscription_id)
-            .values(subscription_state=state, updated_at=func.now())
-        )
-        return int(result.rowcount or 0)
 
     async def list_events(
         self,
@@ -559,59 +582,9 @@ class Store:
 
     # --- subscriptions (payments_service/subscriptions.py holds their rules) ----------------
 
-    @staticmethod
-    async def subscription_row(
-        connection: AsyncConnection, provider: str, subscription_id: str
-    ) -> dict[str, Any] | None:
-        row = (
-            await connection.execute(
-                select(subscriptions).where(
-                    subscriptions.c.provider == provider,
-                    subscriptions.c.subscription_id == subscription_id,
-                )
-            )
-        ).first()
-        return dict(row._mapping) if row is not None else None
-
-    @staticmethod
-    async def save_subscription(
-        connection: AsyncConnection,
-        provider: str,
-        subscription_id: str,
-        values: dict[str, Any],
-    ) -> None:
-        """Write the merged state (the caller holds the subscription's lock)."""
-        statement = insert(subscriptions).values(
-            provider=provider, subscription_id=subscription_id, **values
-        )
-        await connection.execute(
-            statement.on_conflict_do_update(
-                constraint="subscriptions_pkey",
-                set_={
-                    **{name: statement.excluded[name] for name in values if name != "user_id"},
-                    "user_id": func.coalesce(subscriptions.c.user_id, statement.excluded.user_id),
-                    "updated_at": func.now(),
-                },
-            )
-        )
-
-    @staticmethod
-    async def subscription_payment_keys(
-        connection: AsyncConnection, provider: str, subscription_id: str
-    ) -> list[str]:
-        """The purchases that paid this subscription's periods (their grants' sources)."""
-        return list(
-            await connection.scalars(
-                select(payments.c.payment_key).where(
-                    payments.c.provider == provider,
-                    payments.c.subscription_id == subscription_id,
-                )
-            )
-        )
-
     async def get_subscription(self, provider: str, subscription_id: str) -> dict[str, Any] | None:
         async with self._single.connect() as connection:
-            return await self.subscription_row(connection, provider, subscription_id)
+            return await Ledger(connection).subscription_row(provider, subscription_id)
 
     async def list_subscriptions(
         self, *, user_id: str, provider: str, limit: int, offset: int

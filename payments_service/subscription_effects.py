@@ -1,5 +1,6 @@
-"""What a subscription change does, inside the processor's transaction: the merged state, a
-grace grant while a renewal is past due, and access cut short when the subscription ended.
+"""What a subscription change does, inside the processor's unit of work (on its ledger): the
+merged state, a grace grant while a renewal is past due, and access cut short when the
+subscription ended.
 
 Exactly once and any order: every change and every paid period of one subscription takes the
 subscription's lock first, so the state read here is the one the other events left; grants and
@@ -16,7 +17,7 @@ from typing import Any
 from payments_service import subscriptions
 from payments_service.downstream import Downstream
 from payments_service.intents import Grant, SubscriptionChange
-from payments_service.store import Store
+from payments_service.store import Ledger
 
 ENDED_REASON = "subscription ended"
 
@@ -41,16 +42,13 @@ def _state(row: dict[str, Any] | None) -> subscriptions.State | None:
 
 
 async def _merge(
-    store: Store, connection: Any, change: SubscriptionChange, user_id: str
+    ledger: Ledger, change: SubscriptionChange, user_id: str
 ) -> tuple[subscriptions.State | None, subscriptions.State]:
     """Lock the subscription, merge the change into what is stored, write it back."""
-    await store.lock_payment(connection, change.provider, f"subscription:{change.subscription_id}")
-    stored = _state(
-        await store.subscription_row(connection, change.provider, change.subscription_id)
-    )
+    await ledger.lock_payment(change.provider, f"subscription:{change.subscription_id}")
+    stored = _state(await ledger.subscription_row(change.provider, change.subscription_id))
     merged = subscriptions.merge(change.provider, stored, change)
-    await store.save_subscription(
-        connection,
+    await ledger.save_subscription(
         change.provider,
         change.subscription_id,
         {
@@ -67,22 +65,19 @@ async def _merge(
         },
     )
     # The ledger's own column, which ListPayments shows.
-    await store.set_subscription_state(
-        connection, change.provider, change.subscription_id, merged.status
-    )
+    await ledger.set_subscription_state(change.provider, change.subscription_id, merged.status)
     return stored, merged
 
 
 async def apply_change(
-    store: Store,
+    ledger: Ledger,
     downstream: Downstream,
-    connection: Any,
     change: SubscriptionChange,
     event_ref: str,
 ) -> str:
     """Merge the change and act on it; the subscriber's user id."""
     user_id = await downstream.resolve_payer(change.payer)
-    stored, merged = await _merge(store, connection, change, user_id)
+    stored, merged = await _merge(ledger, change, user_id)
     grace_from = change.grace_from
     if grace_from is None and change.status == "past_due" and stored is not None:
         # A Stars renewal that failed says no period: the paid one is the last one stored.
@@ -90,7 +85,7 @@ async def apply_change(
     if grace_from is not None:
         await _grant_grace(downstream, change, user_id, grace_from, merged.ended_at, event_ref)
     if merged.ended_at is not None:
-        await _cut(store, downstream, connection, change, user_id, merged.ended_at, event_ref)
+        await _cut(ledger, downstream, change, user_id, merged.ended_at, event_ref)
     return user_id
 
 
@@ -117,9 +112,8 @@ async def _grant_grace(
 
 
 async def _cut(
-    store: Store,
+    ledger: Ledger,
     downstream: Downstream,
-    connection: Any,
     change: SubscriptionChange,
     user_id: str,
     ended_at: datetime,
@@ -127,9 +121,7 @@ async def _cut(
 ) -> None:
     """Revoke every grant of this subscription that runs past its end (an immediate cancel,
     or a past-due one that was given up on). Periods that end by then keep their time."""
-    keys = set(
-        await store.subscription_payment_keys(connection, change.provider, change.subscription_id)
-    )
+    keys = set(await ledger.subscription_payment_keys(change.provider, change.subscription_id))
     grace_prefix = f"{change.subscription_id}:grace:"
     for grant in await downstream.grants_of(user_id):
         reference = grant.source.reference
@@ -147,7 +139,7 @@ async def _cut(
 
 
 async def before_grant(
-    store: Store, downstream: Downstream, connection: Any, intent: Grant, event_ref: str
+    ledger: Ledger, downstream: Downstream, intent: Grant, event_ref: str
 ) -> Grant:
     """A paid subscription period (invoice.paid, a recurring Stars payment): note it on the
     subscription, and never grant past the moment the subscription ended."""
@@ -162,7 +154,7 @@ async def before_grant(
         intent.sku,
     )
     user_id = await downstream.resolve_payer(intent.payer)
-    _, merged = await _merge(store, connection, change, user_id)
+    _, merged = await _merge(ledger, change, user_id)
     if merged.ended_at is None or intent.until <= merged.ended_at:
         return intent
     if merged.ended_at > intent.purchased_at:

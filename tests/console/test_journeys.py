@@ -9,19 +9,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.catalogue import Catalogue
 from paylayer.grpc_client import open_channel
 from paylayer.ops.factories import stripe_event, telegram_update
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
-from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.conftest import CALLER_TOKENS
 from tests.console.conftest import sign_in
 from tests.fakes.bot_api import FakeBotApi
 from tests.payments.helpers import (
+    check,
     event_statuses,
     new_buyer,
     post_stripe,
@@ -29,27 +26,26 @@ from tests.payments.helpers import (
     user_of_telegram,
     wait_settled,
 )
+from tests.payments.shop import Shop, shop_fixture  # noqa: F401 (the fixture)
 from tests.payments.test_telegram import key_of
 from tests.stack import Stack
 
 
-async def bought_twice(
-    http: aiohttp.ClientSession, stack: Stack, catalogue: Catalogue, engine: AsyncEngine
-) -> tuple[int, str]:
+async def bought_twice(shop: Shop) -> tuple[int, str]:
     """A Telegram buyer with two 30-day premium purchases by card: two stacked grants."""
     buyer = new_buyer()
     events = [
         stripe_event(
-            "checkout.session.completed", catalogue, sku="premium_30d", telegram_user_id=buyer
+            "checkout.session.completed", shop.catalogue, sku="premium_30d", telegram_user_id=buyer
         )
         for _ in range(2)
     ]
     for event in events:
-        assert (await post_stripe(http, stack, event))[0] == 200
-    assert set((await wait_settled(engine, "stripe", [e["id"] for e in events])).values()) == {
+        assert (await post_stripe(shop.http, shop.stack, event))[0] == 200
+    assert set((await wait_settled(shop.engine, "stripe", [e["id"] for e in events])).values()) == {
         "processed"
     }
-    return buyer, await user_of_telegram(stack, buyer)
+    return buyer, await user_of_telegram(shop.stack, buyer)
 
 
 async def trader_with_history(stack: Stack, user_id: str) -> int:
@@ -118,15 +114,12 @@ async def test_sign_in_with_the_operator_token_then_the_overview(
 async def test_find_a_user_by_telegram_id_and_see_stacked_grants_explain_and_audit(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     screenshots: Path,
 ) -> None:
-    buyer, user_id = await bought_twice(http, stack, catalogue, engine)
-    await trader_with_history(stack, user_id)
-    await sign_in(page, console_url, stack.settings.internal_token)
+    buyer, user_id = await bought_twice(shop)
+    await trader_with_history(shop.stack, user_id)
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
 
     await page.fill("form.find input[name=q]", str(buyer))
     await page.press("form.find input[name=q]", "Enter")
@@ -150,10 +143,7 @@ async def test_find_a_user_by_telegram_id_and_see_stacked_grants_explain_and_aud
     await page.wait_for_selector(".chart[data-chart=account][data-drawn=true] canvas")
     await page.screenshot(path=screenshots / "user.png", full_page=True)
 
-    async with open_channel(stack.addrs["entitlements"], stack.settings.internal_token) as channel:
-        vip = await entitlements_pb2_grpc.EntitlementsServiceStub(channel).CheckEntitlement(
-            entitlements_pb2.CheckEntitlementRequest(user_id=user_id, entitlement="vip")
-        )
+    vip = await check(shop.stack, user_id, "vip")
     assert vip.active and vip.grants[0].granted_by == "operator"
     assert vip.grants[0].reason == "goodwill <b>after</b> an outage"
 
@@ -168,15 +158,12 @@ async def test_find_a_user_by_telegram_id_and_see_stacked_grants_explain_and_aud
 async def test_the_drawdown_chart_of_a_linked_account(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     screenshots: Path,
 ) -> None:
-    _, user_id = await bought_twice(http, stack, catalogue, engine)
-    login = await trader_with_history(stack, user_id)
-    await sign_in(page, console_url, stack.settings.internal_token)
+    _, user_id = await bought_twice(shop)
+    login = await trader_with_history(shop.stack, user_id)
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
     await page.goto(f"{console_url}/users/{user_id}")
 
     account = page.locator(".account", has_text=str(login))
@@ -188,38 +175,33 @@ async def test_the_drawdown_chart_of_a_linked_account(
     await account.screenshot(path=screenshots / "drawdown.png")
 
 
-async def failed_then_fixable(
-    http: aiohttp.ClientSession, stack: Stack, catalogue: Catalogue, engine: AsyncEngine
-) -> tuple[dict[str, Any], int]:
+async def failed_then_fixable(shop: Shop) -> tuple[dict[str, Any], int]:
     """A card payment nobody can be found for (failed), then the checkout that links them."""
     customer = f"cus_{secrets.token_hex(6)}"
-    event = stripe_event("charge.succeeded", catalogue, sku="premium_30d", customer=customer)
-    assert (await post_stripe(http, stack, event))[0] == 200
-    assert await wait_settled(engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
+    event = stripe_event("charge.succeeded", shop.catalogue, sku="premium_30d", customer=customer)
+    assert (await post_stripe(shop.http, shop.stack, event))[0] == 200
+    assert await wait_settled(shop.engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
     buyer = new_buyer()
     link = stripe_event(
         "checkout.session.completed",
-        catalogue,
+        shop.catalogue,
         sku="premium_30d",
         telegram_user_id=buyer,
         customer=customer,
     )
-    assert (await post_stripe(http, stack, link))[0] == 200
-    await wait_settled(engine, "stripe", [link["id"]])
+    assert (await post_stripe(shop.http, shop.stack, link))[0] == 200
+    await wait_settled(shop.engine, "stripe", [link["id"]])
     return event, buyer
 
 
 async def test_replay_a_failed_event_and_see_it_applied(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     screenshots: Path,
 ) -> None:
-    event, _ = await failed_then_fixable(http, stack, catalogue, engine)
-    await sign_in(page, console_url, stack.settings.internal_token)
+    event, _ = await failed_then_fixable(shop)
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
 
     await page.click("a.tile[href='/inbox?status=failed']")
     await page.select_option("select[name=provider]", "stripe")
@@ -233,46 +215,42 @@ async def test_replay_a_failed_event_and_see_it_applied(
     assert await page.text_content("#event-status") == "processed"
     assert "operator for alice" in (await page.text_content("dl.facts") or "")
     await page.screenshot(path=screenshots / "replayed-event.png", full_page=True)
-    assert (await event_statuses(engine, "stripe", [event["id"]])) == {event["id"]: "processed"}
+    assert (await event_statuses(shop.engine, "stripe", [event["id"]])) == {
+        event["id"]: "processed"
+    }
 
 
 async def test_replay_every_failed_event_matching_a_filter(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
 ) -> None:
-    first, _ = await failed_then_fixable(http, stack, catalogue, engine)
-    second, _ = await failed_then_fixable(http, stack, catalogue, engine)
-    await sign_in(page, console_url, stack.settings.internal_token)
+    first, _ = await failed_then_fixable(shop)
+    second, _ = await failed_then_fixable(shop)
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
 
     await page.goto(f"{console_url}/inbox?provider=stripe&type=charge.succeeded&status=failed")
     await page.click("button:has-text('Replay every failed event matching this filter')")
     await page.wait_for_selector("text=events put back in the queue.")
 
     ids = [first["id"], second["id"]]
-    assert await wait_settled(engine, "stripe", ids) == {i: "processed" for i in ids}
+    assert await wait_settled(shop.engine, "stripe", ids) == {i: "processed" for i in ids}
 
 
 async def test_refund_a_stars_payment_with_a_reason(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     bot_api: FakeBotApi,
     screenshots: Path,
 ) -> None:
     buyer, charge = new_buyer(), f"stxt{secrets.token_hex(12)}"
     update = telegram_update(
-        "payment", catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
+        "payment", shop.catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
     )
-    assert (await post_telegram(http, stack, update))[0] == 200
-    await wait_settled(engine, "telegram", [key_of(update)])
-    await sign_in(page, console_url, stack.settings.internal_token)
+    assert (await post_telegram(shop.http, shop.stack, update))[0] == 200
+    await wait_settled(shop.engine, "telegram", [key_of(update)])
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
 
     await page.click("nav a:has-text('Payments')")
     await page.fill("form.filters input[name=q]", charge)
@@ -292,16 +270,13 @@ async def test_refund_a_stars_payment_with_a_reason(
 
 async def test_without_a_session_every_page_sends_to_sign_in_and_every_change_is_refused(
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     bot_api: FakeBotApi,
 ) -> None:
-    event, buyer = await failed_then_fixable(http, stack, catalogue, engine)
-    user_id = await user_of_telegram(stack, buyer)
+    event, buyer = await failed_then_fixable(shop)
+    user_id = await user_of_telegram(shop.stack, buyer)
     for path in ("/", "/inbox", f"/inbox/stripe/{event['id']}", "/payments", f"/users/{user_id}"):
-        async with http.get(f"{console_url}{path}", allow_redirects=False) as reply:
+        async with shop.http.get(f"{console_url}{path}", allow_redirects=False) as reply:
             assert (reply.status, reply.headers["Location"]) == (303, "/signin"), path
     changes = {
         f"/inbox/stripe/{event['id']}/replay": {},
@@ -315,12 +290,16 @@ async def test_without_a_session_every_page_sends_to_sign_in_and_every_change_is
         },
     }
     for path, form in changes.items():
-        async with http.post(f"{console_url}{path}", data=form, allow_redirects=False) as reply:
+        async with shop.http.post(
+            f"{console_url}{path}", data=form, allow_redirects=False
+        ) as reply:
             assert reply.status == 401, path
-    assert await event_statuses(engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
+    assert await event_statuses(shop.engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
     assert bot_api.calls_of("refundStarPayment") == []
     # Behind a proxy that terminated TLS, the session cookie is Secure as well.
-    async with http.get(f"{console_url}/signin", headers={"X-Forwarded-Proto": "https"}) as reply:
+    async with shop.http.get(
+        f"{console_url}/signin", headers={"X-Forwarded-Proto": "https"}
+    ) as reply:
         cookie = reply.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
 
@@ -328,14 +307,11 @@ async def test_without_a_session_every_page_sends_to_sign_in_and_every_change_is
 async def test_a_forged_csrf_token_is_refused_and_changes_nothing(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
 ) -> None:
-    event, buyer = await failed_then_fixable(http, stack, catalogue, engine)
-    user_id = await user_of_telegram(stack, buyer)
-    await sign_in(page, console_url, stack.settings.internal_token)
+    event, buyer = await failed_then_fixable(shop)
+    user_id = await user_of_telegram(shop.stack, buyer)
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
     forged = {"csrf": secrets.token_urlsafe(32)}
     posts = {
         f"/inbox/stripe/{event['id']}/replay": forged,
@@ -358,29 +334,23 @@ async def test_a_forged_csrf_token_is_refused_and_changes_nothing(
         # The signed-in browser's own cookies, a form that did not come from the console.
         reply = await page.request.post(f"{console_url}{path}", form=form, max_redirects=0)
         assert reply.status == 403, path
-    assert await event_statuses(engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
-    async with open_channel(stack.addrs["entitlements"], stack.settings.internal_token) as channel:
-        vip = await entitlements_pb2_grpc.EntitlementsServiceStub(channel).CheckEntitlement(
-            entitlements_pb2.CheckEntitlementRequest(user_id=user_id, entitlement="vip")
-        )
+    assert await event_statuses(shop.engine, "stripe", [event["id"]]) == {event["id"]: "failed"}
+    vip = await check(shop.stack, user_id, "vip")
     assert not vip.active
 
 
 async def test_an_event_payload_carrying_script_is_shown_as_text(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     screenshots: Path,
 ) -> None:
     hostile = "<script>window.pwned = 1</script><img src=x onerror=window.pwned=2>"
-    event = stripe_event(f"test.hostile_{secrets.token_hex(4)}", catalogue)
+    event = stripe_event(f"test.hostile_{secrets.token_hex(4)}", shop.catalogue)
     event["data"]["object"]["description"] = hostile
-    assert (await post_stripe(http, stack, event))[0] == 200
-    await wait_settled(engine, "stripe", [event["id"]])
-    await sign_in(page, console_url, stack.settings.internal_token)
+    assert (await post_stripe(shop.http, shop.stack, event))[0] == 200
+    await wait_settled(shop.engine, "stripe", [event["id"]])
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
 
     await page.goto(f"{console_url}/inbox/stripe/{event['id']}")
 
@@ -393,14 +363,11 @@ async def test_an_event_payload_carrying_script_is_shown_as_text(
 async def test_the_overview_shows_failing_events_and_revenue_per_channel(
     page: Any,
     console_url: str,
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
     screenshots: Path,
 ) -> None:
-    await failed_then_fixable(http, stack, catalogue, engine)
-    await sign_in(page, console_url, stack.settings.internal_token)
+    await failed_then_fixable(shop)
+    await sign_in(page, console_url, shop.stack.settings.internal_token)
 
     assert int(await page.text_content("#failed-count") or "0") >= 1
     await page.wait_for_selector("[data-chart=lines][data-drawn=true] canvas")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -278,67 +279,98 @@ def bans_of(bot_api: FakeBotApi, telegram_user_id: int) -> int:
     )
 
 
-# --- the stories ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Room:
+    """What a chat story works with: the stack whose catalogue lists the chats, a session to
+    its gateway, the fake Bot API and both chats in it."""
+
+    stack: Stack
+    http: aiohttp.ClientSession
+    bot_api: FakeBotApi
+    chats: dict[int, FakeChat]
 
 
-async def test_pay_invite_join_expire_removed_pay_again_back(
+@pytest.fixture
+def room(
     channel_stack: Stack,
     http: aiohttp.ClientSession,
     bot_api: FakeBotApi,
     chats: dict[int, FakeChat],
+) -> Room:
+    return Room(channel_stack, http, bot_api, chats)
+
+
+@dataclass(frozen=True)
+class Member:
+    telegram_user_id: int
+    user_id: str
+    access_ends: float  # time.time() when the grant ends
+
+
+async def member_for_a_while(room: Room, chat: FakeChat, tier: str, seconds: float) -> Member:
+    """A new buyer granted `tier` for `seconds`, let into the chat with their own link."""
+    buyer = new_buyer()
+    user_id = await user_of_telegram(room.stack, buyer)
+    ends = time.time() + seconds
+    await grant(room.stack, user_id, tier, seconds=seconds)
+    await join(room.http, room.stack, chat, buyer)
+    assert await in_chat(chat, buyer, True), "the entitled buyer's join request was not approved"
+    return Member(buyer, user_id, ends)
+
+
+# --- the stories ---------------------------------------------------------------------------
+
+
+async def test_pay_invite_join_expire_removed_pay_again_back(
+    room: Room,
     catalogue: Catalogue,
 ) -> None:
-    buyer = new_buyer()
-    user_id = await user_of_telegram(channel_stack, buyer)
-    chat = chats[PREMIUM_CHAT]
-    await grant(channel_stack, user_id, "premium", seconds=10)
-
-    await join(http, channel_stack, chat, buyer)
-    assert await in_chat(chat, buyer, True), "the entitled buyer's join request was not approved"
-    (made,) = [c for c in bot_api.calls_of("createChatInviteLink") if c["chat_id"] == PREMIUM_CHAT]
+    chat = room.chats[PREMIUM_CHAT]
+    member = await member_for_a_while(room, chat, "premium", seconds=10)
+    buyer, user_id = member.telegram_user_id, member.user_id
+    (made,) = [
+        c for c in room.bot_api.calls_of("createChatInviteLink") if c["chat_id"] == PREMIUM_CHAT
+    ]
     assert made["creates_join_request"] is True and 0 < len(made["name"]) <= 32
     # premium gives no seat in the vip chat
-    assert await invite_link(channel_stack, VIP_CHAT, buyer) is None
-    assert await invite_links(channel_stack, user_id) == {}  # in the chat already
+    assert await invite_link(room.stack, VIP_CHAT, buyer) is None
+    assert await invite_links(room.stack, user_id) == {}  # in the chat already
 
     assert await in_chat(chat, buyer, False), "still in the chat after access expired"
-    assert bans_of(bot_api, buyer) == 1
-    removed = await eventually(lambda: removals(channel_stack, buyer), bool)
+    assert bans_of(room.bot_api, buyer) == 1
+    removed = await eventually(lambda: removals(room.stack, buyer), bool)
     assert [a.reason for a in removed] == ["access ended"]
     assert chat.status[buyer] == "left", "removed but left banned: could never come back"
 
     # Pays again (Stars): the same personal link lets them back in.
     payment = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
-    assert (await post_telegram(http, channel_stack, payment))[0] == 200
-    await eventually(lambda: entitled(channel_stack, user_id, "premium"), bool)
+    assert (await post_telegram(room.http, room.stack, payment))[0] == 200
+    await eventually(lambda: entitled(room.stack, user_id, "premium"), bool)
     # The receipt for that payment carries their own link, as they are not in the chat.
     receipts = await eventually(
-        lambda: _now_texts([t for t in bot_api.sent_to(buyer) if t.startswith("Thank you")]),
+        lambda: _now_texts([t for t in room.bot_api.sent_to(buyer) if t.startswith("Thank you")]),
         bool,
     )
-    link = await invite_link(channel_stack, PREMIUM_CHAT, buyer)
+    link = await invite_link(room.stack, PREMIUM_CHAT, buyer)
     assert link is not None and link in receipts[0]
-    await join(http, channel_stack, chat, buyer)
+    await join(room.http, room.stack, chat, buyer)
     assert await in_chat(chat, buyer, True), "paid again but not let back in"
 
 
 async def test_a_join_request_without_access_is_declined(
-    channel_stack: Stack,
-    http: aiohttp.ClientSession,
-    bot_api: FakeBotApi,
-    chats: dict[int, FakeChat],
+    room: Room,
 ) -> None:
     stranger, premium_buyer = new_buyer(), new_buyer()
-    chat = chats[VIP_CHAT]
+    chat = room.chats[VIP_CHAT]
     chat.pending.update({stranger, premium_buyer})
-    user_id = await user_of_telegram(channel_stack, premium_buyer)
-    await grant(channel_stack, user_id, "premium")
+    user_id = await user_of_telegram(room.stack, premium_buyer)
+    await grant(room.stack, user_id, "premium")
     for telegram_user_id in (stranger, premium_buyer):
         update = join_request_update(VIP_CHAT, telegram_user_id, None)
-        assert (await post_telegram(http, channel_stack, update))[0] == 200
+        assert (await post_telegram(room.http, room.stack, update))[0] == 200
     await eventually(lambda: _now(not chat.pending), bool)
     assert not chat.pending and chat.members == {OWNER, ADMIN}
-    declined = {c["user_id"] for c in bot_api.calls_of("declineChatJoinRequest")}
+    declined = {c["user_id"] for c in room.bot_api.calls_of("declineChatJoinRequest")}
     assert declined == {stranger, premium_buyer}
 
 
@@ -371,17 +403,14 @@ async def test_vip_gets_premium_chat_too(
 
 
 async def test_a_refund_removes_once(
-    channel_stack: Stack,
-    http: aiohttp.ClientSession,
-    bot_api: FakeBotApi,
-    chats: dict[int, FakeChat],
+    room: Room,
     catalogue: Catalogue,
 ) -> None:
     buyer = new_buyer()
-    chat = chats[PREMIUM_CHAT]
+    chat = room.chats[PREMIUM_CHAT]
     payment = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
-    assert (await post_telegram(http, channel_stack, payment))[0] == 200
-    await join(http, channel_stack, chat, buyer)
+    assert (await post_telegram(room.http, room.stack, payment))[0] == 200
+    await join(room.http, room.stack, chat, buyer)
     assert await in_chat(chat, buyer, True)
 
     paid = payment["message"]["successful_payment"]
@@ -393,44 +422,34 @@ async def test_a_refund_removes_once(
         charge_id=paid["telegram_payment_charge_id"],
         payload=paid["invoice_payload"],
     )
-    assert (await post_telegram(http, channel_stack, refund))[0] == 200
-    assert (await post_telegram(http, channel_stack, refund))[0] == 200  # redelivered
+    assert (await post_telegram(room.http, room.stack, refund))[0] == 200
+    assert (await post_telegram(room.http, room.stack, refund))[0] == 200  # redelivered
     assert await in_chat(chat, buyer, False), "refunded but still in the chat"
-    await reconcile(channel_stack)
-    await reconcile(channel_stack)
-    assert bans_of(bot_api, buyer) == 1
-    removed = await removals(channel_stack, buyer)
+    await reconcile(room.stack)
+    await reconcile(room.stack)
+    assert bans_of(room.bot_api, buyer) == 1
+    removed = await removals(room.stack, buyer)
     assert len(removed) == 1 and removed[0].reason == "access ended: refunded"
 
 
 async def test_a_renewal_across_the_expiry_never_removes(
-    channel_stack: Stack,
-    http: aiohttp.ClientSession,
-    bot_api: FakeBotApi,
-    chats: dict[int, FakeChat],
+    room: Room,
 ) -> None:
-    buyer = new_buyer()
-    user_id = await user_of_telegram(channel_stack, buyer)
-    chat = chats[PREMIUM_CHAT]
-    first_ends = time.time() + 10
-    await grant(channel_stack, user_id, "premium", seconds=10)
-    await join(http, channel_stack, chat, buyer)
-    assert await in_chat(chat, buyer, True)
-    await grant(channel_stack, user_id, "premium", days=30)  # renewed before the end
+    chat = room.chats[PREMIUM_CHAT]
+    member = await member_for_a_while(room, chat, "premium", seconds=10)
+    buyer, first_ends = member.telegram_user_id, member.access_ends
+    await grant(room.stack, member.user_id, "premium", days=30)  # renewed before the end
     assert time.time() < first_ends, "too slow to renew before the end: the test proves nothing"
     await asyncio.sleep(first_ends - time.time() + 1.5)  # the first grant's end has passed
-    await reconcile(channel_stack)
+    await reconcile(room.stack)
     assert buyer in chat.members
-    assert bans_of(bot_api, buyer) == 0
+    assert bans_of(room.bot_api, buyer) == 0
 
 
 async def test_admins_are_never_removed_and_others_let_in_without_access_are(
-    channel_stack: Stack,
-    http: aiohttp.ClientSession,
-    bot_api: FakeBotApi,
-    chats: dict[int, FakeChat],
+    room: Room,
 ) -> None:
-    chat = chats[PREMIUM_CHAT]
+    chat = room.chats[PREMIUM_CHAT]
     intruder = new_buyer()
     chat.status[intruder] = "member"  # an admin added them by hand
     for update in (
@@ -439,30 +458,27 @@ async def test_admins_are_never_removed_and_others_let_in_without_access_are(
         member_update(PREMIUM_CHAT, ADMIN, "left", "member"),
         member_update(PREMIUM_CHAT, OWNER, "left", "creator"),
     ):
-        assert (await post_telegram(http, channel_stack, update))[0] == 200
+        assert (await post_telegram(room.http, room.stack, update))[0] == 200
     assert await in_chat(chat, intruder, False)
-    await reconcile(channel_stack)
+    await reconcile(room.stack)
     assert chat.members == {OWNER, ADMIN}
-    assert all(call["user_id"] != OWNER for call in bot_api.calls_of("banChatMember"))
+    assert all(call["user_id"] != OWNER for call in room.bot_api.calls_of("banChatMember"))
 
 
 async def test_flood_control_is_waited_out(
-    channel_stack: Stack,
-    http: aiohttp.ClientSession,
-    bot_api: FakeBotApi,
-    chats: dict[int, FakeChat],
+    room: Room,
 ) -> None:
-    chat = chats[PREMIUM_CHAT]
+    chat = room.chats[PREMIUM_CHAT]
     intruder = new_buyer()
     chat.status[intruder] = "member"
-    bot_api.membership_floods = 2
+    room.bot_api.membership_floods = 2
     assert (
         await post_telegram(
-            http, channel_stack, member_update(PREMIUM_CHAT, intruder, "left", "member")
+            room.http, room.stack, member_update(PREMIUM_CHAT, intruder, "left", "member")
         )
     )[0] == 200
     assert await in_chat(chat, intruder, False)
-    assert bot_api.membership_floods == 0
+    assert room.bot_api.membership_floods == 0
 
 
 async def test_chat_updates_reach_the_bot_too_and_its_answer_is_relayed(
@@ -484,26 +500,21 @@ async def test_chat_updates_reach_the_bot_too_and_its_answer_is_relayed(
 
 
 async def test_an_expiry_while_payments_was_down_is_acted_on_once_after_start(
-    channel_stack: Stack,
-    http: aiohttp.ClientSession,
-    bot_api: FakeBotApi,
-    chats: dict[int, FakeChat],
+    room: Room,
 ) -> None:
-    buyer = new_buyer()
-    user_id = await user_of_telegram(channel_stack, buyer)
-    chat = chats[VIP_CHAT]
-    ends = time.time() + 10
-    await grant(channel_stack, user_id, "vip", seconds=10)
-    await join(http, channel_stack, chat, buyer)
-    assert await in_chat(chat, buyer, True)
-    await asyncio.to_thread(channel_stack.stop, "payments")
-    await asyncio.sleep(max(0.0, ends - time.time()) + 1)  # the grant ends while it is down
+    chat = room.chats[VIP_CHAT]
+    member = await member_for_a_while(room, chat, "vip", seconds=10)
+    buyer = member.telegram_user_id
+    await asyncio.to_thread(room.stack.stop, "payments")
+    await asyncio.sleep(
+        max(0.0, member.access_ends - time.time()) + 1
+    )  # the grant ends while it is down
     assert buyer in chat.members
-    channel_stack.start("payments")
-    await channel_stack.up()
+    room.stack.start("payments")
+    await room.stack.up()
     assert await in_chat(chat, buyer, False, within=60), "expired while down, never removed"
-    await reconcile(channel_stack)
-    assert bans_of(bot_api, buyer) == 1
+    await reconcile(room.stack)
+    assert bans_of(room.bot_api, buyer) == 1
 
 
 def test_the_cli_shows_the_chats_and_reconciles(channel_stack: Stack) -> None:

@@ -11,13 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paylayer.catalogue import Catalogue
-from paylayer.ops.factories import stripe_event, telegram_update
+from paylayer.ops.factories import stripe_event
 from paylayer.settings import DEFAULT_MESSAGES_PATH
 from payments_service.messages import (
     MessagesFileError,
@@ -34,23 +32,11 @@ from tests.payments.helpers import (
     eventually,
     new_buyer,
     post_stripe,
-    post_telegram,
-    user_of_telegram,
     wait_settled,
 )
-from tests.payments.test_telegram import key_of
+from tests.payments.shop import Shop, shop_fixture  # noqa: F401 (the fixture)
 from tests.stack import Stack, free_port
 from tests.test_cli import paylayer
-
-
-async def pay(
-    http: aiohttp.ClientSession, stack: Stack, engine: AsyncEngine, update: dict[str, Any]
-) -> None:
-    status, _ = await post_telegram(http, stack, update)
-    assert status == 200
-    assert (await wait_settled(engine, "telegram", [key_of(update)]))[key_of(update)] == (
-        "processed"
-    )
 
 
 async def outbox_of(engine: AsyncEngine, user_id: str) -> list[Any]:
@@ -75,41 +61,29 @@ async def settled_outbox(engine: AsyncEngine, user_id: str, kinds: set[str]) -> 
 
 
 async def test_a_stars_payment_delivered_twice_gets_one_receipt_in_the_buyers_language(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
+    shop: Shop, bot_api: FakeBotApi
 ) -> None:
     buyer = new_buyer()
-    update = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
+    update = shop.telegram("payment", buyer, "premium_30d")
     update["message"]["from"]["language_code"] = "ru"
-    await pay(http, stack, engine, update)
+    await shop.deliver(update)
     again = json.loads(json.dumps(update))
     again["update_id"] += 1_000_000  # the same charge, brought again (as reconcile might)
-    await pay(http, stack, engine, again)
-    user_id = await user_of_telegram(stack, buyer)
-    await settled_outbox(engine, user_id, {"receipt"})
+    await shop.deliver(again)
+    user_id = await shop.user_of(buyer)
+    await settled_outbox(shop.engine, user_id, {"receipt"})
     received = bot_api.sent_to(buyer)
     assert len(received) == 1, received
-    ends = (await check(stack, user_id, "premium")).expires_at.ToDatetime()
+    ends = (await check(shop.stack, user_id, "premium")).expires_at.ToDatetime()
     assert "Premium на 30 дней" in received[0]
     assert ends.strftime("%Y-%m-%d") in received[0]
 
 
-async def test_429_is_waited_out_and_the_receipt_arrives(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
-) -> None:
+async def test_429_is_waited_out_and_the_receipt_arrives(shop: Shop, bot_api: FakeBotApi) -> None:
     buyer = new_buyer()
     bot_api.too_many_requests[buyer] = (2, 1)  # the next two sends: 429, retry after 1 s
-    update = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="vip_30d")
-    await pay(http, stack, engine, update)
-    user_id = await user_of_telegram(stack, buyer)
-    rows = await settled_outbox(engine, user_id, {"receipt"})
+    user_id = await shop.pay_stars(buyer, "vip_30d")
+    rows = await settled_outbox(shop.engine, user_id, {"receipt"})
     assert [row.status for row in rows if row.kind == "receipt"] == ["sent"]
     attempts = [p for p in bot_api.calls_of("sendMessage") if p["chat_id"] == buyer]
     assert len(attempts) == 3  # refused twice, then sent
@@ -118,31 +92,16 @@ async def test_429_is_waited_out_and_the_receipt_arrives(
 
 
 async def test_a_user_who_blocked_the_bot_is_sent_nothing_more(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
+    shop: Shop, bot_api: FakeBotApi
 ) -> None:
     buyer = new_buyer()
     bot_api.blocked.add(buyer)
-    await pay(
-        http,
-        stack,
-        engine,
-        telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d"),
-    )
-    user_id = await user_of_telegram(stack, buyer)
-    rows = await settled_outbox(engine, user_id, {"receipt"})
+    user_id = await shop.pay_stars(buyer, "premium_30d")
+    rows = await settled_outbox(shop.engine, user_id, {"receipt"})
     assert [row.status for row in rows if row.kind == "receipt"] == ["unreachable"]
     # A second purchase: its receipt is not even tried, nor are the first one's reminders.
-    await pay(
-        http,
-        stack,
-        engine,
-        telegram_update("payment", catalogue, telegram_user_id=buyer, sku="vip_30d"),
-    )
-    rows = await settled_outbox(engine, user_id, {"receipt"})
+    await shop.pay_stars(buyer, "vip_30d")
+    rows = await settled_outbox(shop.engine, user_id, {"receipt"})
     assert [row.status for row in rows if row.kind == "receipt"] == ["unreachable"] * 2
     assert {row.status for row in rows} == {"unreachable"}
     assert len([p for p in bot_api.calls_of("sendMessage") if p["chat_id"] == buyer]) == 1
@@ -150,25 +109,15 @@ async def test_a_user_who_blocked_the_bot_is_sent_nothing_more(
 
 
 async def test_access_ending_in_three_days_gets_the_3_day_reminder_once_with_a_working_link(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
+    shop: Shop, bot_api: FakeBotApi
 ) -> None:
     buyer = new_buyer()
-    await pay(
-        http,
-        stack,
-        engine,
-        telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_3d"),
-    )
-    user_id = await user_of_telegram(stack, buyer)
-    rows = await settled_outbox(engine, user_id, {"receipt", "reminder_3d"})
+    user_id = await shop.pay_stars(buyer, "premium_3d")
+    rows = await settled_outbox(shop.engine, user_id, {"receipt", "reminder_3d"})
     by_kind = {row.kind: row for row in rows}
     assert by_kind["reminder_3d"].status == "sent"
     # The later ones wait for their time: a day before the end, and the end.
-    ends = (await check(stack, user_id, "premium")).expires_at.ToDatetime().timestamp()
+    ends = (await check(shop.stack, user_id, "premium")).expires_at.ToDatetime().timestamp()
     assert by_kind["reminder_1d"].status == "pending"
     assert abs(by_kind["reminder_1d"].due_at.timestamp() - (ends - DAY)) < 2
     assert by_kind["ended"].status == "pending"
@@ -190,26 +139,16 @@ def _invoice_urls(bot_api: FakeBotApi) -> list[str]:
 
 
 async def test_stacked_grants_remind_only_before_the_last_one_ends(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
+    shop: Shop, bot_api: FakeBotApi
 ) -> None:
     buyer = new_buyer()
     for _ in range(2):
-        await pay(
-            http,
-            stack,
-            engine,
-            telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d"),
-        )
-    user_id = await user_of_telegram(stack, buyer)
-    reply = await check(stack, user_id, "premium")
+        user_id = await shop.pay_stars(buyer, "premium_30d")
+    reply = await check(shop.stack, user_id, "premium")
     ends = reply.expires_at.ToDatetime().timestamp()
     assert ends > 59 * DAY + reply.grants[0].purchased_at.seconds
     rows = await eventually(
-        lambda: outbox_of(engine, user_id),
+        lambda: outbox_of(shop.engine, user_id),
         lambda rows: (
             [r.status for r in rows if r.kind == "receipt"] == ["sent", "sent"]
             and any(r.kind == "reminder_3d" and r.status == "pending" for r in rows)
@@ -225,15 +164,10 @@ async def test_stacked_grants_remind_only_before_the_last_one_ends(
 
 
 async def test_refunding_the_grant_on_top_brings_back_the_reminders_of_the_first_end(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
+    shop: Shop,
 ) -> None:
     buyer = new_buyer()
-    first = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
-    await pay(http, stack, engine, first)
-    user_id = await user_of_telegram(stack, buyer)
+    user_id = await shop.pay_stars(buyer, "premium_30d")
 
     def pending_ends(rows: list[Any]) -> set[int]:
         return {
@@ -243,23 +177,20 @@ async def test_refunding_the_grant_on_top_brings_back_the_reminders_of_the_first
         }
 
     rows = await eventually(
-        lambda: outbox_of(engine, user_id), lambda rows: bool(pending_ends(rows))
+        lambda: outbox_of(shop.engine, user_id), lambda rows: bool(pending_ends(rows))
     )
     (first_end,) = pending_ends(rows)
-    on_top = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
-    await pay(http, stack, engine, on_top)
+    on_top = shop.telegram("payment", buyer, "premium_30d")
+    await shop.deliver(on_top)
     await eventually(
-        lambda: outbox_of(engine, user_id),
+        lambda: outbox_of(shop.engine, user_id),
         lambda rows: bool(pending_ends(rows)) and first_end not in pending_ends(rows),
     )
     charge = on_top["message"]["successful_payment"]["telegram_payment_charge_id"]
-    refund = telegram_update(
-        "refund", catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
-    )
-    await pay(http, stack, engine, refund)
+    await shop.deliver(shop.telegram("refund", buyer, "premium_30d", charge_id=charge))
     # Access ends at the first end again, and so do the reminders waiting to go out.
     rows = await eventually(
-        lambda: outbox_of(engine, user_id),
+        lambda: outbox_of(shop.engine, user_id),
         lambda rows: (
             any(r.kind == "revoked" and r.status == "sent" for r in rows)
             and bool(pending_ends(rows))
@@ -270,23 +201,14 @@ async def test_refunding_the_grant_on_top_brings_back_the_reminders_of_the_first
     assert kinds == {"reminder_3d", "reminder_1d", "ended"}
 
 
-async def test_a_refund_tells_the_buyer(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
-) -> None:
+async def test_a_refund_tells_the_buyer(shop: Shop, bot_api: FakeBotApi) -> None:
     buyer = new_buyer()
-    payment = telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d")
-    await pay(http, stack, engine, payment)
+    payment = shop.telegram("payment", buyer, "premium_30d")
+    await shop.deliver(payment)
     charge = payment["message"]["successful_payment"]["telegram_payment_charge_id"]
-    refund = telegram_update(
-        "refund", catalogue, telegram_user_id=buyer, sku="premium_30d", charge_id=charge
-    )
-    await pay(http, stack, engine, refund)
-    user_id = await user_of_telegram(stack, buyer)
-    rows = await settled_outbox(engine, user_id, {"revoked"})
+    await shop.deliver(shop.telegram("refund", buyer, "premium_30d", charge_id=charge))
+    user_id = await shop.user_of(buyer)
+    rows = await settled_outbox(shop.engine, user_id, {"revoked"})
     assert any("was refunded" in text for text in bot_api.sent_to(buyer))
     # No reminder of the end of access that is gone.
     assert [row.kind for row in rows if row.status == "pending"] == []
@@ -303,41 +225,31 @@ def test_a_messages_file_with_an_unknown_placeholder_is_refused(tmp_path: Path) 
 
 
 async def test_an_operator_lists_a_users_messages_and_retries_one_after_they_unblock_the_bot(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
+    shop: Shop, bot_api: FakeBotApi
 ) -> None:
     buyer = new_buyer()
     bot_api.blocked.add(buyer)
-    await pay(
-        http,
-        stack,
-        engine,
-        telegram_update("payment", catalogue, telegram_user_id=buyer, sku="premium_30d"),
-    )
-    user_id = await user_of_telegram(stack, buyer)
-    await settled_outbox(engine, user_id, {"receipt"})
-    listed = paylayer(stack, "messages", "list", "--user-id", user_id, "--json")
+    user_id = await shop.pay_stars(buyer, "premium_30d")
+    await settled_outbox(shop.engine, user_id, {"receipt"})
+    listed = paylayer(shop.stack, "messages", "list", "--user-id", user_id, "--json")
     assert listed.returncode == 0, listed.stderr
     receipt = next(m for m in json.loads(listed.stdout)["messages"] if m["kind"] == "receipt")
     assert receipt["status"] == "unreachable"
     assert "blocked" in receipt["error"]
 
     bot_api.blocked.discard(buyer)
-    retried = paylayer(stack, "messages", "retry", str(receipt["id"]))
+    retried = paylayer(shop.stack, "messages", "retry", str(receipt["id"]))
     assert retried.returncode == 0, retried.stderr
     await eventually(lambda: _texts(bot_api, buyer), lambda texts: len(texts) == 1)
     assert "Premium, 30 days" in bot_api.sent_to(buyer)[0]
-    rows = await outbox_of(engine, user_id)
+    rows = await outbox_of(shop.engine, user_id)
     assert {row.kind for row in rows if row.status == "pending"} == {
         "reminder_3d",
         "reminder_1d",
         "ended",
     }, "the reminders dropped while the bot was blocked hold again"
     # A message that went out is not sent again by a second retry.
-    again = paylayer(stack, "messages", "retry", str(receipt["id"]))
+    again = paylayer(shop.stack, "messages", "retry", str(receipt["id"]))
     assert again.returncode != 0 and "only" in again.stderr
 
 
@@ -345,29 +257,19 @@ async def _texts(bot_api: FakeBotApi, chat_id: int) -> list[str]:
     return bot_api.sent_to(chat_id)
 
 
-async def test_a_failed_renewal_tells_the_subscriber(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
-) -> None:
+async def test_a_failed_renewal_tells_the_subscriber(shop: Shop, bot_api: FakeBotApi) -> None:
     buyer, now = new_buyer(), int(time.time())
-    first = telegram_update(
+    first = shop.telegram(
         "payment",
-        catalogue,
-        telegram_user_id=buyer,
-        sku="premium_monthly",
+        buyer,
+        "premium_monthly",
         recurring_until=now + 30 * DAY,
         first_recurring=True,
     )
-    await pay(http, stack, engine, first)
-    failed = telegram_update(
-        "subscription", catalogue, telegram_user_id=buyer, sku="premium_monthly", state="failed"
-    )
-    await pay(http, stack, engine, failed)
-    user_id = await user_of_telegram(stack, buyer)
-    rows = await settled_outbox(engine, user_id, {"receipt", "payment_failed"})
+    await shop.deliver(first)
+    await shop.deliver(shop.telegram("subscription", buyer, "premium_monthly", state="failed"))
+    user_id = await shop.user_of(buyer)
+    rows = await settled_outbox(shop.engine, user_id, {"receipt", "payment_failed"})
     assert [row.status for row in rows if row.kind == "payment_failed"] == ["sent"]
     received = bot_api.sent_to(buyer)
     assert any("did not go through" in text for text in received), received
@@ -401,21 +303,17 @@ def test_reminders_of_an_end_are_the_ones_still_worth_sending(
 
 
 async def test_a_card_payments_receipt_reaches_the_buyers_telegram_chat(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    catalogue: Catalogue,
-    engine: AsyncEngine,
-    bot_api: FakeBotApi,
+    shop: Shop, bot_api: FakeBotApi
 ) -> None:
     buyer = new_buyer()
     event = stripe_event(
-        "checkout.session.completed", catalogue, sku="premium_life", telegram_user_id=buyer
+        "checkout.session.completed", shop.catalogue, sku="premium_life", telegram_user_id=buyer
     )
-    status, _ = await post_stripe(http, stack, event)
+    status, _ = await post_stripe(shop.http, shop.stack, event)
     assert status == 200
-    assert (await wait_settled(engine, "stripe", [event["id"]]))[event["id"]] == "processed"
-    user_id = await user_of_telegram(stack, buyer)
-    rows = await settled_outbox(engine, user_id, {"receipt_lifetime"})
+    assert (await wait_settled(shop.engine, "stripe", [event["id"]]))[event["id"]] == "processed"
+    user_id = await shop.user_of(buyer)
+    rows = await settled_outbox(shop.engine, user_id, {"receipt_lifetime"})
     assert [row.status for row in rows] == ["sent"]  # lifetime: no reminders
     (text,) = bot_api.sent_to(buyer)
     assert "Premium for life" in text and "yours for life" in text
