@@ -13,7 +13,7 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payments_service.rules import STATUS_RANK, status_after
-from payments_service.store import Store
+from payments_service.store import Ledger
 
 STATUSES = [*STATUS_RANK, "some_status_from_the_future"]
 
@@ -33,11 +33,10 @@ async def test_the_database_keeps_the_status_the_rule_gives_for_every_pair(
         try:
             for stored, incoming in itertools.product(STATUSES, repeat=2):
                 key = "pi_order_" + uuid.uuid4().hex
+                ledger = Ledger(connection)
                 for status in (stored, incoming):
-                    await Store.upsert_payment(
-                        connection, provider="stripe", payment_key=key, status=status
-                    )
-                row = await Store.payment_row(connection, "stripe", key)
+                    await ledger.upsert_payment(provider="stripe", payment_key=key, status=status)
+                row = await ledger.payment_row("stripe", key)
                 assert row is not None
                 assert row["status"] == status_after(stored, incoming), (stored, incoming)
         finally:
