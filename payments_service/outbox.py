@@ -37,6 +37,7 @@ from paylayer.catalogue import Catalogue
 from paylayer.errors import DomainError, Unavailable
 from payments_service import messages as rules
 from payments_service.bot_api import BotApi, BotApiError
+from payments_service.bot_limits import RateLimiter
 from payments_service.downstream import Downstream
 from payments_service.metrics import MESSAGES_FAILED, MESSAGES_SENT, MESSAGES_UNREACHABLE
 from payments_service.tables import messages, payments, telegram_users
@@ -203,6 +204,7 @@ class Sender:
         *,
         checkout_link: Callable[[str, str, int], Awaitable[str]] | None = None,
         receipt_extras: Sequence[ReceiptExtra] = (),
+        limiter: RateLimiter | None = None,
         poll_seconds: float = 0.5,
         batch_size: int = BATCH_SIZE,
         lease_seconds: float = LEASE.total_seconds(),
@@ -219,7 +221,9 @@ class Sender:
         self._batch_size = batch_size
         self._lease = timedelta(seconds=lease_seconds)
         self._worker = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}"
-        self._paused_until = 0.0
+        # Telegram takes about 30 messages a second from a bot: a burst of receipts is paced
+        # to that, not sent as fast as the cores allow and then refused with 429s.
+        self._limiter = limiter or RateLimiter()
         self._wake = asyncio.Event()
         self._in_flight = asyncio.Semaphore(CONCURRENT_SENDS)
 
@@ -250,7 +254,7 @@ class Sender:
             log.error("message %d: its sender died mid-send; kept as unknown", message_id)
 
     async def _claim(self) -> list[Any]:
-        pause = self._paused_until - asyncio.get_running_loop().time()
+        pause = self._limiter.paused_for()
         if pause > 0:
             await asyncio.sleep(pause)
         async with self._single.connect() as connection:
@@ -280,7 +284,7 @@ class Sender:
 
     async def _send_bounded(self, row: Any) -> None:
         async with self._in_flight:
-            pause = self._paused_until - asyncio.get_running_loop().time()
+            pause = self._limiter.paused_for()
             if pause > 0:
                 # Telegram asked us to wait (a 429 to another send of this batch): back in the
                 # queue for then, rather than a send certain to be refused.
@@ -354,6 +358,7 @@ class Sender:
                 return
             link = await self._renewal_link(row, chat_id)
         text = self.texts.render(kind, language, values, link=link, extra_lines=extra_lines)
+        await self._limiter.acquire(None)
         if not await self._renew(row.id):
             # Preparing took longer than the lease, and another sender has since marked it:
             # it is not ours to send any more.
@@ -473,7 +478,7 @@ class Sender:
     async def _refused(self, row: Any, chat_id: int, error: BotApiError) -> None:
         if error.error_code == 429:
             wait = max(error.retry_after, 1.0)
-            self._paused_until = asyncio.get_running_loop().time() + wait
+            self._limiter.pause(wait)
             await self._settle(
                 row.id,
                 status="pending",

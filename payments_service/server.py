@@ -16,6 +16,7 @@ from paylayer.grpc_server import GrpcService
 from paylayer.settings import ConfigError, Settings
 from paylayer.tls import GrpcTls
 from payments_service.bot_api import BotApi, BotApiError
+from payments_service.bot_limits import RateLimiter
 from payments_service.channel_store import ChannelStore
 from payments_service.channels import ChannelAccess
 from payments_service.checkout import Checkout
@@ -41,6 +42,8 @@ class _Clients:
     accounts: grpc.aio.Channel
     entitlements: grpc.aio.Channel
     bot: BotApi
+    # One allowance for every call made as the bot: messages and membership calls alike.
+    bot_limits: RateLimiter
     stripe_api: StripeApi
 
     async def close(self) -> None:
@@ -61,7 +64,7 @@ def build(settings: Settings) -> GrpcService:
     channels = _channel_access(settings, engine, clients, catalogue)
     processor.channels = channels
     checkout = _checkout(settings, store, processor, catalogue, clients)
-    sender = _outbox_sender(settings, engine, clients.bot, downstream, catalogue, texts, checkout)
+    sender = _outbox_sender(settings, engine, clients, downstream, catalogue, texts, checkout)
     sender.receipt_extras.append(_invite_lines(channels, texts))
     processor.on_notices = sender.kick
     servicer = PaymentsServicer(store, processor, catalogue, clients.bot, checkout, channels)
@@ -96,6 +99,7 @@ def _clients(settings: Settings) -> _Clients:
         accounts=open_channel(settings.accounts_addr, settings.internal_token, tls=tls),
         entitlements=open_channel(settings.entitlements_addr, settings.internal_token, tls=tls),
         bot=BotApi(settings.telegram_api_base, settings.telegram_bot_token),
+        bot_limits=RateLimiter(),
         stripe_api=StripeApi(settings.stripe_api_key, settings.stripe_api_base),
     )
 
@@ -131,6 +135,7 @@ def _channel_access(
         clients.accounts,
         clients.entitlements,
         interval_seconds=settings.channels_reconcile_seconds,
+        limiter=clients.bot_limits,
     )
 
 
@@ -159,7 +164,7 @@ def _checkout(
 def _outbox_sender(
     settings: Settings,
     engine: AsyncEngine,
-    bot: BotApi,
+    clients: _Clients,
     downstream: Downstream,
     catalogue: Catalogue,
     texts: Texts,
@@ -167,11 +172,12 @@ def _outbox_sender(
 ) -> Sender:
     return Sender(
         engine,
-        bot,
+        clients.bot,
         downstream,
         catalogue,
         texts,
         checkout_link=_renewal_link(checkout),
+        limiter=clients.bot_limits,
         # Shorter in fault tests, so a sender killed mid-call is noticed sooner.
         lease_seconds=settings.payments_outbox_lease_seconds,
     )
