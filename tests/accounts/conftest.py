@@ -18,13 +18,17 @@ from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from tests.grpc_helpers import channel_to, serving
 
 
-@pytest.fixture(scope="session")
+# Package-scoped, not session-scoped: an in-process server's LISTEN connection is read only
+# while the test loop runs. Kept past its tests, it stops being read between synchronous tests,
+# its backend blocks writing the heartbeats other replicas send, and any DROP DATABASE on the
+# server (which waits for every backend to answer a signal) hangs.
+@pytest.fixture(scope="package")
 async def entitlements_addr(settings: Settings) -> AsyncIterator[str]:
     async with serving(build_entitlements(settings)) as addr:
         yield addr
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def accounts_addr(settings: Settings, entitlements_addr: str) -> AsyncIterator[str]:
     async with serving(
         build_accounts(replace(settings, entitlements_addr=entitlements_addr))
@@ -32,7 +36,7 @@ async def accounts_addr(settings: Settings, entitlements_addr: str) -> AsyncIter
         yield addr
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def accounts(
     accounts_addr: str, settings: Settings
 ) -> AsyncIterator[accounts_pb2_grpc.AccountsServiceStub]:
@@ -40,7 +44,7 @@ async def accounts(
         yield accounts_pb2_grpc.AccountsServiceStub(channel)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def entitlements(
     entitlements_addr: str, settings: Settings
 ) -> AsyncIterator[entitlements_pb2_grpc.EntitlementsServiceStub]:

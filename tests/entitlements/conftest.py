@@ -21,13 +21,17 @@ DAY = timedelta(days=1)
 BEARER = (("authorization", f"Bearer {INTERNAL_TOKEN}"),)
 
 
-@pytest.fixture(scope="session")
+# Package-scoped, not session-scoped: an in-process server's LISTEN connection is read only
+# while the test loop runs. Kept past its tests, it stops being read between synchronous tests,
+# its backend blocks writing the heartbeats other replicas send, and any DROP DATABASE on the
+# server (which waits for every backend to answer a signal) hangs.
+@pytest.fixture(scope="package")
 async def entitlements_addr(settings: Settings) -> AsyncIterator[str]:
     async with serving(build(settings)) as addr:
         yield addr
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def stub(
     entitlements_addr: str, settings: Settings
 ) -> AsyncIterator[entitlements_pb2_grpc.EntitlementsServiceStub]:

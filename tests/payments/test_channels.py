@@ -429,7 +429,9 @@ async def test_a_refund_removes_once(
     await reconcile(room.stack)
     assert bans_of(room.bot_api, buyer) == 1
     removed = await removals(room.stack, buyer)
-    assert len(removed) == 1 and removed[0].reason == "access ended: refunded"
+    # Said by whichever noticed first: the revoke on the change stream ("…: refunded") or a
+    # periodic reconcile that ran in between ("access ended"). Either way, once.
+    assert len(removed) == 1 and removed[0].reason.startswith("access ended"), removed
 
 
 async def test_a_renewal_across_the_expiry_never_removes(

@@ -25,14 +25,15 @@ from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paylayer.catalogue import Catalogue, load_catalogue
+from paylayer.db import create_engine
 from paylayer.grpc_client import open_channel
 from paylayer.ops.factories import stripe_event, telegram_update
-from paylayer.settings import REPO_ROOT, Settings
+from paylayer.settings import REPO_ROOT
 from payments_service.tables import inbox
 from protos.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from protos.entitlements.v1 import entitlements_pb2, entitlements_pb2_grpc
 from protos.payments.v1 import payments_pb2, payments_pb2_grpc
-from tests.conftest import KNOWN_SECRETS, running_stack
+from tests.conftest import KNOWN_SECRETS, fresh_database, make_settings, running_stack
 from tests.fakes.bot_api import FakeBotApi
 from tests.fakes.stripe_api import FakeStripe, Recorded
 from tests.payments.helpers import (
@@ -62,9 +63,28 @@ def stripe_api() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture(scope="module")
+def stripe_database_url(admin_database_url: str) -> Iterator[str]:
+    """A database of its own: on the session's, that stack's workers (whose catalogue has no
+    Price-sold sku) would claim these events too."""
+    with fresh_database(admin_database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def engine(stripe_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(stripe_database_url, application_name="tests", pool_size=4)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
 def stripe_stack(
-    settings: Settings, stripe_api: FakeStripe, tmp_path_factory: pytest.TempPathFactory
+    stripe_database_url: str,
+    bot_api: FakeBotApi,
+    stripe_api: FakeStripe,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    settings = make_settings(stripe_database_url, bot_api)
     raw = yaml.safe_load((REPO_ROOT / "tests" / "catalogue.yaml").read_text())
     price_id = stripe_api.add_price(1900, "usd", interval="month")
     raw["skus"][PRICED_SKU] = {**raw["skus"]["premium_monthly"], "stripe_price_id": price_id}
