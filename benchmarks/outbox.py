@@ -8,8 +8,9 @@ first), then `--senders` senders, as that many payments replicas would run, send
 Reports messages per second and how many sendMessage calls Telegram got: exactly one per
 message, whatever the number of senders.
 
-Telegram itself allows a bot about 30 messages per second to different users; the outbox is
-not the limit. PostgreSQL: DATABASE_URL when set (a fresh database is made there and dropped
+Each sender paces its sends to Telegram's allowance of about 30 messages per second per bot,
+so one sender tops out near 30/s: the figure to check is that it reaches that pace, and that
+each message is sent once. PostgreSQL: DATABASE_URL when set (a fresh database is made there and dropped
 after), else the embedded server. Prints one JSON object.
 """
 
