@@ -10,8 +10,8 @@ message, whatever the number of senders.
 
 Each sender paces its sends to Telegram's allowance of about 30 messages per second per bot,
 so one sender tops out near 30/s: the figure to check is that it reaches that pace, and that
-each message is sent once. PostgreSQL: DATABASE_URL when set (a fresh database is made there and dropped
-after), else the embedded server. Prints one JSON object.
+each message is sent once. PostgreSQL: DATABASE_URL when set (a fresh database is made there
+and dropped after), else the embedded server. Prints one JSON object.
 """
 
 from __future__ import annotations
